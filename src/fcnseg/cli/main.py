@@ -1,0 +1,58 @@
+"""Entry point of the ``fcnseg`` command.
+
+Each subcommand lives in ``fcnseg.cli.<name>`` and exposes ``add_parser(subparsers)``
+and ``run(args) -> int``. Modules are imported only when present, so a subcommand
+lands by adding its module and its name to :data:`COMMANDS`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from .. import __version__
+from ..errors import UserError
+
+COMMANDS = [
+    "models", "demo", "predict", "eval", "train", "plot", "bench", "export",
+    "convert", "stats", "analyze",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fcnseg",
+        description="Fully Convolutional Networks for semantic segmentation "
+        "(Long, Shelhamer, Darrell, CVPR 2015).",
+    )
+    parser.add_argument("--version", action="version", version=f"fcnseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        modname = f"fcnseg.cli.{name}_cmd"
+        if importlib.util.find_spec(modname) is None:
+            continue
+        module = importlib.import_module(modname)
+        p = module.add_parser(sub)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        print(f"fcnseg {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"fcnseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

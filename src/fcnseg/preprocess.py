@@ -1,0 +1,67 @@
+"""Input normalisation presets, shared by data loading, training and inference.
+
+``caffe``: BGR channel order, pixel range 0..255, minus the reference VGG/CaffeNet
+means (what the reference FCN weights expect). ``imagenet``: RGB in 0..1, minus
+the ImageNet mean, divided by its std (what the Lite0 trunk expects).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Normalization:
+    name: str
+    bgr: bool
+    scale: float  # multiply uint8 pixel values by this first
+    mean: tuple[float, ...]  # in the channel order fed to the net, after scaling
+    std: tuple[float, ...]
+
+
+PRESETS: dict[str, Normalization] = {
+    "caffe": Normalization("caffe", True, 1.0, (104.00699, 116.66877, 122.67892), (1.0, 1.0, 1.0)),
+    "imagenet": Normalization("imagenet", False, 1 / 255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def get_normalization(name: str | Normalization) -> Normalization:
+    if isinstance(name, Normalization):
+        return name
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UserError(f"unknown normalization {name!r}; expected one of: {', '.join(PRESETS)}") from None
+
+
+def normalize(image: np.ndarray | Tensor, preset: str | Normalization = "imagenet") -> Tensor:
+    """RGB uint8 ``H x W x 3`` (array or tensor) -> float32 ``3 x H x W`` tensor for the net.
+
+    One pass: channel flip, scale, mean and std are folded into a single multiply-add.
+    """
+    norm = get_normalization(preset)
+    t = torch.as_tensor(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    if t.ndim != 3 or t.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 RGB image, got shape {tuple(t.shape)}")
+    t = t.permute(2, 0, 1)
+    if norm.bgr:
+        t = t.flip(0)
+    mul = torch.tensor([norm.scale / s for s in norm.std], dtype=torch.float32).view(3, 1, 1)
+    add = torch.tensor([-m / s for m, s in zip(norm.mean, norm.std)], dtype=torch.float32).view(3, 1, 1)
+    return torch.addcmul(add, t.to(torch.float32), mul).contiguous()
+
+
+def denormalize(tensor: Tensor, preset: str | Normalization = "imagenet") -> np.ndarray:
+    """Inverse of :func:`normalize`: ``3 x H x W`` float -> RGB uint8 ``H x W x 3`` (for pictures)."""
+    norm = get_normalization(preset)
+    std = torch.tensor(norm.std).view(3, 1, 1)
+    mean = torch.tensor(norm.mean).view(3, 1, 1)
+    t = (tensor.detach().float().cpu() * std + mean) / norm.scale
+    if norm.bgr:
+        t = t.flip(0)
+    return t.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
