@@ -163,3 +163,13 @@ def test_bad_arguments():
         T.RandomScale(2.0, 1.0)
     with pytest.raises(ValueError):
         T.RandomCrop(0)
+
+
+def test_normalize_reference_depth_and_hha_means():
+    s = {"image": np.zeros((2, 2, 3), np.uint8), "label": np.zeros((2, 2), np.uint8),
+         "depth": np.array([[0.0, 1.0], [2.5, 0.5]], np.float32), "hha": np.full((2, 2, 3), 132, np.uint8)}
+    out = T.Normalize("caffe", hha_mean=(132.431, 94.076, 118.477), depth_log_mean=7.844)(s)
+    d = out["depth"][0]
+    assert d[0, 0] == 0  # missing stays 0
+    assert d[0, 1].item() == pytest.approx(np.log(1000.0) - 7.844, abs=1e-5)
+    assert out["hha"][0, 0, 0].item() == pytest.approx(132 - 132.431, abs=1e-4)

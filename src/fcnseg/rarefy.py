@@ -140,9 +140,12 @@ def _explicit_padding(conv: nn.Conv2d, name: str) -> tuple[int, int]:
 
 def _set_conv(conv: nn.Conv2d, name: str, *, stride_div: int = 1, spread: int = 1) -> None:
     """Divide a conv's stride by ``stride_div``; multiply its dilation and padding by ``spread``."""
-    if conv.padding_mode == "circular" and spread > 1:
-        raise UserError(f"rarefy: layer {name!r} uses circular padding, which does not survive "
-                        "rarefaction; only zeros, reflect and replicate padding do")
+    if conv.padding_mode != "zeros" and spread > 1:
+        # Reflect/replicate/circular padding mirrors about the dense map's last sample, which
+        # is not the original's last sample when the dense map has extra shifted samples.
+        raise UserError(f"rarefy: layer {name!r} follows the rarefied layer and uses "
+                        f"{conv.padding_mode!r} padding, which does not survive rarefaction; "
+                        "only zero padding does")
     stride = _pair(conv.stride)
     if any(s % stride_div for s in stride):
         raise UserError(f"rarefy: the stride {stride} of layer {name!r} is not divisible by "

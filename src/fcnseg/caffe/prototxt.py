@@ -39,6 +39,8 @@ REPEATED_IN = frozenset({
     ("dummy_data_param", "channels"), ("dummy_data_param", "height"), ("dummy_data_param", "width"),
     ("layers", "weight_decay"),
 })
+# Fields that are singular inside some messages although repeated elsewhere.
+SINGULAR_IN = frozenset({("python_param", "layer"), ("layers", "layer")})
 
 _TOKEN = re.compile(r"""
     (?P<ws>[ \t\r\n\f\v]+|\#[^\n]*)
@@ -67,7 +69,8 @@ def _tokenize(text: str, source: str) -> list[_Token]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if m is None:
-            raise UserError(f"{source}:{line}:{pos - line_start + 1}: unexpected character {text[pos]!r}")
+            what = "unterminated string" if text[pos] in "\"'" else f"unexpected character {text[pos]!r}"
+            raise UserError(f"{source}:{line}:{pos - line_start + 1}: {what}")
         kind = m.lastgroup
         assert kind is not None
         if kind != "ws":
@@ -228,7 +231,7 @@ class _Parser:
 
     @staticmethod
     def store(out: dict[str, Any], parent: str, name: str, values: list[Any]) -> None:
-        if name in REPEATED or (parent, name) in REPEATED_IN:
+        if (name in REPEATED and (parent, name) not in SINGULAR_IN) or (parent, name) in REPEATED_IN:
             out.setdefault(name, [])
             if not isinstance(out[name], list):
                 out[name] = [out[name]]

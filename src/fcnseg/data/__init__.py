@@ -11,7 +11,6 @@ import importlib
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from torch.utils.data import default_collate
 
 from ..errors import UserError
@@ -62,10 +61,3 @@ def collate(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     if not good:
         return None
     return default_collate(good)
-
-
-def stack_or_list(values: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-    """Stack equal-size tensors, else keep a list (whole-image evaluation of mixed sizes)."""
-    if all(v.shape == values[0].shape for v in values):
-        return torch.stack(list(values))
-    return list(values)

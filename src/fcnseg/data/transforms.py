@@ -240,14 +240,18 @@ class ColorJitter:
 class Normalize:
     """Arrays -> tensors: image normalised by ``preset`` (float ``3 x H x W``), labels int64 ``H x W``.
 
-    ``depth`` becomes float ``1 x H x W`` and ``hha`` float ``3 x H x W`` minus ``hha_mean``
-    (the reference NYUD nets subtract (118.477, 94.076, 132.431) from HHA; default 0).
+    ``hha`` becomes float ``3 x H x W`` minus ``hha_mean`` (the reference NYUD nets subtract
+    :data:`fcnseg.data.nyud.MEAN_HHA` = (132.431, 94.076, 118.477); default: nothing) and
+    ``depth`` float ``1 x H x W``: metres as read, or, with ``depth_log_mean`` (reference:
+    :data:`~fcnseg.data.nyud.MEAN_LOGD` = 7.844), ``log(depth in mm) - depth_log_mean`` as the
+    reference RGB-D net, with missing depth (0) set to 0.
     """
 
-    def __init__(self, preset: str | Normalization = "imagenet",
-                 hha_mean: Sequence[float] | None = None) -> None:
+    def __init__(self, preset: str | Normalization = "imagenet", hha_mean: Sequence[float] | None = None,
+                 depth_log_mean: float | None = None) -> None:
         self.preset = get_normalization(preset)
         self.hha_mean = None if hha_mean is None else torch.tensor(hha_mean, dtype=torch.float32).view(3, 1, 1)
+        self.depth_log_mean = depth_log_mean
 
     def __call__(self, sample: Sample) -> Sample:
         sample.pop("rng", None)
@@ -263,7 +267,12 @@ class Normalize:
                 t = torch.from_numpy(np.ascontiguousarray(v)).permute(2, 0, 1).float()
                 sample[k] = t - self.hha_mean if self.hha_mean is not None else t
             elif k == "depth":
-                sample[k] = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))[None]
+                d = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))[None]
+                if self.depth_log_mean is not None:
+                    valid = d > 0
+                    d = torch.where(valid, torch.log(d.clamp_min(1e-6) * 1000.0) - self.depth_log_mean,
+                                    torch.zeros_like(d))
+                sample[k] = d
         return sample
 
     def __repr__(self) -> str:

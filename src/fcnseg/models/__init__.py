@@ -6,6 +6,7 @@ for every ``H, W >= 1``.
 from __future__ import annotations
 
 from . import zoo  # noqa: F401  (registers the models)
+from . import context, multimodal, multitask  # noqa: F401,E402  (the paper's other data sets and tasks)
 from .fcn import FCN
 from .registry import ModelSpec, get_model, list_models, model_spec, register_model
 

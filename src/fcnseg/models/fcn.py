@@ -129,24 +129,40 @@ class FCN(nn.Module):
             return up + crop_like(skip, offset, up.shape[2], up.shape[3])
         return crop_like(up, offset, skip.shape[2], skip.shape[3]) + skip
 
-    def forward(self, x: Tensor) -> Tensor:
-        height, width = x.shape[2], x.shape[3]
-        feats = self.backbone(x)
-        score = self.score_fr(feats["out"])
+    def score_taps(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Score the trunk's taps (``out``, ``pool4``, ``pool3``) with the 1x1 score layers.
+
+        Split from :meth:`upsample_scores` because the scores are linear in the layers
+        that follow: late fusion averages several streams' tap scores and multi-task
+        nets score one trunk with several heads, then upsample once per output.
+        """
+        scores = {"out": self.score_fr(feats["out"])}
+        if self.variant != "32s":
+            pool4 = self.scale_pool4(feats["pool4"]) if self.atonce else feats["pool4"]
+            scores["pool4"] = self.score_pool4(pool4)
+            if self.variant == "8s":
+                pool3 = self.scale_pool3(feats["pool3"]) if self.atonce else feats["pool3"]
+                scores["pool3"] = self.score_pool3(pool3)
+        return scores
+
+    def upsample_scores(self, scores: dict[str, Tensor], height: int, width: int) -> Tensor:
+        """Upsample, fuse (sum) and crop tap scores to ``height x width`` logits."""
+        score = scores["out"]
         if self.variant == "32s":
             up = self.upscore(score)
         else:
-            pool4 = self.scale_pool4(feats["pool4"]) if self.atonce else feats["pool4"]
             off, crop_skip = self.skip_offsets["pool4"]
-            score = self._fuse(self.upscore2(score), self.score_pool4(pool4), off, crop_skip)
+            score = self._fuse(self.upscore2(score), scores["pool4"], off, crop_skip)
             if self.variant == "16s":
                 up = self.upscore16(score)
             else:
-                pool3 = self.scale_pool3(feats["pool3"]) if self.atonce else feats["pool3"]
                 off, crop_skip = self.skip_offsets["pool3"]
-                score = self._fuse(self.upscore_pool4(score), self.score_pool3(pool3), off, crop_skip)
+                score = self._fuse(self.upscore_pool4(score), scores["pool3"], off, crop_skip)
                 up = self.upscore8(score)
         return crop_like(up, self.final_offset, height, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.upsample_scores(self.score_taps(self.backbone(x)), x.shape[2], x.shape[3])
 
     def caffe_layer_names(self) -> dict[str, str]:
         """Caffe layer name -> module path in this model, for weight conversion."""

@@ -1,0 +1,295 @@
+"""``fcnseg eval``: score a model over a whole data-set split with the reference metrics."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "eval", help="evaluate a model on a data set split (pixel acc, mean acc, mean IoU, fw IoU)",
+        description="Evaluate a model over a whole split and print the four FCN metrics and per-class "
+                    "IoU / accuracy (reference score.py semantics: one confusion matrix over the split, "
+                    "ignore label 255 excluded, classes absent from ground truth and prediction left out).")
+    p.add_argument("--model", required=True, metavar="NAME_OR_FILE",
+                   help="a shipped model name, a registered architecture (untrained!), a weights file "
+                        "(.safetensors) or a training checkpoint (.pt)")
+    p.add_argument("--dataset", default=None,
+                   help="camvid, voc, sbd, pascal-context, nyud, siftflow or folder "
+                        "(default: the data set recorded in the weights)")
+    p.add_argument("--root", required=True, help="the data set's root folder")
+    p.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--confusion", metavar="PATH",
+                   help="save a row-normalised confusion-matrix heatmap (.png/.pdf/.svg; needs matplotlib)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="log unreadable or inconsistent samples and go on (default: stop at the first)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
+    p.add_argument("--flip", action="store_true", help="average with the mirrored image's prediction")
+    p.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N images")
+    p.add_argument("--normalization", choices=["caffe", "imagenet"], default=None,
+                   help="override the model's input normalisation (rarely needed)")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra data-set option (YAML value), e.g. year=2011, classes=my.yaml, "
+                        "modalities=[image,hha]; repeatable")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--dataset-option {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise UserError(f"--dataset-option {item!r}: the value is not valid YAML") from None
+    return out
+
+
+def _check_output(path: str | None, what: str, suffixes: tuple[str, ...] | None = None) -> Path | None:
+    """Fail before a long evaluation, not after it, if an output cannot be written."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise UserError(f"{p}: {what} must end in {', '.join(suffixes)}")
+    if p.is_dir():
+        raise UserError(f"{p}: is a folder; expected a file path for {what}")
+    parent = p.parent
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"{parent}: not a folder (parent of {what} {p})")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import get_dataset
+    from ..evaluate import evaluate
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    json_path = _check_output(args.json, "--json")
+    fig_path = _check_output(args.confusion, "--confusion", (".png", ".pdf", ".svg", ".jpg"))
+    if fig_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UserError("--confusion needs matplotlib: pip install 'fcnseg[viz]'") from None
+    device = _resolve_device(args.device)
+    options = _parse_options(args.dataset_option)
+
+    resolved = _resolve_model(args.model)
+    dataset_name = args.dataset or resolved.meta.get("dataset")
+    if not dataset_name:
+        raise UserError(f"{args.model}: no data set recorded with this model; pass --dataset")
+    dataset = get_dataset(dataset_name, args.root, args.split, **options)
+    model = resolved.build(dataset.num_classes)
+    if resolved.untrained:
+        print(f"fcnseg eval: warning: {args.model!r} is an untrained architecture; expect near-chance scores",
+              file=sys.stderr)
+    norm = args.normalization or resolved.normalization or getattr(model, "normalization", "imagenet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # DataLoader chatter; real problems are UserErrors
+        result = evaluate(model, dataset, device=device, normalization=norm, progress=not args.quiet,
+                          batch_size=args.batch_size, num_workers=args.workers, skip_bad=args.skip_bad,
+                          flip=args.flip, amp=args.amp, limit=args.limit)
+    total = result.num_images + len(result.skipped)
+    if result.num_images == 0:
+        raise UserError(f"all {total} images of {dataset_name} {args.split} were bad; nothing to score")
+
+    title = (f"{resolved.label} on {dataset_name} {args.split}: {result.num_images} images, "
+             f"{result.seconds:.1f} s ({device}, {norm} normalisation)")
+    print(format_table(result.confusion.compute(), result.class_names, title))
+    for head, (cm, names) in result.heads.items():
+        print()
+        print(format_table(cm.compute(), names, f"head {head!r}"))
+    if result.skipped:
+        print(f"fcnseg eval: skipped {len(result.skipped)} of {total} images (bad input)", file=sys.stderr)
+
+    if json_path is not None:
+        data = result.to_dict()
+        data.update({"model": args.model, "architecture": resolved.model_name, "dataset": dataset_name,
+                     "root": str(args.root), "split": args.split, "normalization": norm, "flip": args.flip})
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(_nan_to_none(data), indent=2) + "\n")
+        print(f"wrote {json_path}")
+    if fig_path is not None:
+        save_confusion_figure(result.confusion.numpy(), result.class_names, fig_path, title=title)
+        print(f"wrote {fig_path}")
+    return 0
+
+
+def _pct(v: float) -> str:
+    return "    -" if v is None or math.isnan(v) else f"{100 * v:5.1f}"
+
+
+def format_table(scores: dict[str, Any], class_names: list[str], title: str) -> str:
+    """The four metrics and a per-class IoU / accuracy table, in percent ('-': class absent)."""
+    width = max([len(n) for n in class_names] + [5])
+    lines = [title, "",
+             f"{'pixel acc':>10} {'mean acc':>9} {'mean IoU':>9} {'fw IoU':>7}",
+             f"{_pct(scores['pixel_acc']):>10} {_pct(scores['mean_acc']):>9} {_pct(scores['mean_iou']):>9} "
+             f"{_pct(scores['fw_iou']):>7}", "",
+             f"{'class':<{width}}  {'IoU':>5}  {'acc':>5}"]
+    for name, iou, acc in zip(class_names, scores["iou"], scores["acc"]):
+        lines.append(f"{name:<{width}}  {_pct(iou)}  {_pct(acc)}")
+    lines.append("(percent; '-': undefined, the class is absent from the ground truth"
+                 " (IoU: and from the predictions); left out of the means)")
+    return "\n".join(lines)
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def save_confusion_figure(mat: Any, class_names: list[str], path: Path, title: str = "") -> None:
+    """Row-normalised confusion matrix (each ground-truth row sums to 1) as a heatmap."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = np.asarray(mat, dtype=np.float64)
+    rows = m.sum(axis=1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    k = len(class_names)
+    size = max(4.0, 0.45 * k + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), class_names, rotation=90, fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    if k <= 25:
+        for i in range(k):
+            for j in range(k):
+                if norm[i, j] >= 0.01:
+                    ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the ground-truth row")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=150)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the figure ({exc})") from None
+    finally:
+        plt.close(fig)
+
+
+# --------------------------------------------------------------------------- model resolution
+# Interim: once ``fcnseg.inference.load_model`` is complete, it should replace this
+# (one resolution rule for predict, eval and export).
+class _Resolved:
+    """A model to build: architecture name, state dict (None: untrained), metadata."""
+
+    def __init__(self, label: str, model_name: str, state: dict | None, meta: dict[str, Any]) -> None:
+        self.label, self.model_name, self.state, self.meta = label, model_name, state, meta
+        self.untrained = state is None
+        self.normalization = meta.get("normalization")
+
+    def build(self, dataset_classes: int):
+        from ..models import get_model
+
+        n = self.meta.get("num_classes") or dataset_classes
+        if self.state is not None and n != dataset_classes:
+            raise UserError(f"{self.label}: the model predicts {n} classes but the data set has "
+                            f"{dataset_classes}; evaluate it on the data set it was trained for")
+        opts = {k: v for k, v in (self.meta.get("options") or {}).items() if k != "pretrained_backbone"}
+        model = get_model(self.model_name, num_classes=n, **opts)
+        if self.state is not None:
+            try:
+                model.load_state_dict(self.state, strict=True)
+            except RuntimeError as exc:
+                first = str(exc).splitlines()[0]
+                raise UserError(f"{self.label}: weights do not fit {self.model_name} ({first})") from None
+        return model
+
+
+def _resolve_model(spec: str) -> _Resolved:
+    from ..models import list_models
+
+    path = Path(spec).expanduser()
+    suffix = path.suffix.lower()
+    if suffix in (".safetensors", ".pt", ".pth", ".ckpt") or path.is_file():
+        if not path.is_file():
+            raise UserError(f"{path}: no such model file")
+        if suffix == ".safetensors":
+            from ..weights import load_weights
+
+            state, meta = load_weights(path)
+        elif suffix in (".pt", ".pth", ".ckpt"):
+            from ..training.checkpoint import load_checkpoint
+
+            ckpt = load_checkpoint(path)
+            state = ckpt.get("model")
+            cfg = ckpt.get("config") or {}
+            meta = dict(ckpt.get("meta") or {})
+            meta.setdefault("model", cfg.get("model"))
+            meta.setdefault("num_classes", cfg.get("num_classes"))
+            meta.setdefault("options", cfg.get("model_options") or {})
+            meta.setdefault("dataset", cfg.get("dataset"))
+            meta.setdefault("normalization", cfg.get("normalization"))
+            if not isinstance(state, dict):
+                raise UserError(f"{path}: checkpoint holds no model state")
+        else:
+            raise UserError(f"{path}: unknown model file type {suffix or '(none)'}; expected .safetensors or .pt")
+        name = meta.get("model")
+        if not name or name not in list_models():
+            raise UserError(f"{path}: its metadata names no known architecture (model={name!r})")
+        return _Resolved(str(path), name, state, meta)
+    try:  # a shipped model name: fcnseg/weights/<name>.safetensors
+        from ..inference.loader import shipped_weights_path
+
+        shipped = shipped_weights_path(spec)
+    except ImportError:
+        shipped = Path(__file__).resolve().parents[1] / "weights" / f"{spec}.safetensors"
+    if shipped.is_file():
+        return _resolve_model(str(shipped))
+    if spec in list_models():
+        return _Resolved(spec, spec, None, {})
+    raise UserError(f"unknown model {spec!r}: not a file, a shipped model or an architecture "
+                    f"({', '.join(list_models())})")
+
+
+def _resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {name!r}; expected cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available here (use --device cpu)")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {name!r}; expected cpu, cuda, cuda:N or auto")
+    return dev

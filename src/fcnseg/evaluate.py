@@ -1,0 +1,234 @@
+"""Score a model over a whole split with the reference metrics (used by ``fcnseg eval`` and training).
+
+Whole images go through the net at their own size (FCNs take any size), predictions
+are the arg-max of the scores, and one confusion matrix accumulates over the split.
+Images of equal size are batched; ``skip_bad`` logs unreadable or inconsistent
+samples and goes on, reporting how many were skipped. Under ``torch.distributed``
+each rank scores every ``world``-th image and the matrices are summed.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import UserError
+from .metrics import ConfusionMatrix
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EvalResult", "evaluate"]
+
+
+@dataclass
+class EvalResult:
+    """The split's confusion matrix and scores, plus what was skipped and how long it took."""
+
+    confusion: ConfusionMatrix
+    class_names: list[str]
+    num_images: int
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    #: extra heads (SIFT Flow's geometric labels): head name -> (matrix, class names)
+    heads: dict[str, tuple[ConfusionMatrix, list[str]]] = field(default_factory=dict)
+
+    @property
+    def scores(self) -> dict[str, Any]:
+        return self.confusion.compute()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the four metrics, per-class IoU/accuracy by name, counts, the matrix."""
+        def one(cm: ConfusionMatrix, names: list[str]) -> dict[str, Any]:
+            s = cm.compute()
+            return {
+                "pixel_acc": s["pixel_acc"], "mean_acc": s["mean_acc"], "mean_iou": s["mean_iou"],
+                "fw_iou": s["fw_iou"],
+                "per_class": [{"class": n, "iou": iou, "acc": acc} for n, iou, acc in zip(names, s["iou"], s["acc"])],
+                "pixels": cm.total,
+                "confusion": cm.numpy().tolist(),
+            }
+
+        out = one(self.confusion, self.class_names)
+        out.update({"images": self.num_images, "skipped": len(self.skipped), "skipped_files": list(self.skipped),
+                    "seconds": self.seconds})
+        if self.heads:
+            out["heads"] = {name: one(cm, names) for name, (cm, names) in self.heads.items()}
+        return out
+
+
+class _Guarded(Dataset):
+    """Wraps a data set so a bad sample comes back as ``{"_error": message}`` (also from workers,
+    where an exception would lose its one-line message)."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        try:
+            sample = self.dataset[self.indices[k]]
+        except UserError as exc:
+            return {"_error": str(exc)}
+        if sample is None:  # a skip_bad data set already logged it
+            return {"_error": f"sample {self.indices[k]} skipped by the data set"}
+        return sample
+
+
+def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return batch
+
+
+def _model_inputs(model: nn.Module, samples: list[dict[str, Any]], device: torch.device) -> Tensor | dict:
+    modalities = getattr(model, "modalities", None)
+    if isinstance(modalities, Mapping):
+        out = {}
+        for m in modalities:
+            key = "image" if m in ("rgb", "color", "image") else m
+            if key not in samples[0]:
+                raise UserError(f"the model needs the {m!r} input but the data set gives only "
+                                f"{', '.join(k for k in samples[0] if not k.startswith('label') and k != 'path')}")
+            out[m] = torch.stack([s[key] for s in samples]).to(device)
+        return out
+    return torch.stack([s["image"] for s in samples]).to(device)
+
+
+def _groups(samples: list[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive runs of samples with the same image size, at most ``batch_size`` long."""
+    run: list[dict[str, Any]] = []
+    for s in samples:
+        if run and (len(run) == batch_size or s["image"].shape != run[0]["image"].shape):
+            yield run
+            run = []
+        run.append(s)
+    if run:
+        yield run
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
+             normalization: str | None = None, progress: bool = True, batch_size: int = 1,
+             num_workers: int = 0, skip_bad: bool = False, flip: bool = False,
+             amp: bool = False, limit: int | None = None) -> EvalResult:
+    """Run ``model`` over every sample of ``dataset`` and score it.
+
+    Args:
+        model: returns ``N x K x H x W`` scores (or a dict of heads; the ``main_head`` is
+            scored against ``label`` and any other head ``h`` against ``label_h`` if present).
+        dataset: an fcnseg data set. Without a transform it is normalised with
+            ``normalization`` (default: the model's own ``normalization``); with one, its
+            transform must produce tensors.
+        batch_size: images per forward pass (equal-size neighbours only).
+        num_workers: DataLoader worker processes for reading images.
+        skip_bad: log and skip unreadable/inconsistent samples instead of stopping.
+        flip: also score the mirrored image and average the probabilities.
+        amp: autocast (bfloat16 on CPU, float16 on CUDA).
+        limit: score only the first ``limit`` images (quick checks).
+    """
+    from .data.transforms import eval_transforms
+
+    dev = torch.device(device)
+    num_classes = int(dataset.num_classes)
+    if getattr(model, "num_classes", num_classes) != num_classes:
+        raise UserError(f"the model predicts {model.num_classes} classes but the {dataset.name} data set has "
+                        f"{num_classes}; use a model trained on this data set")
+    if dataset.transform is None:
+        dataset = copy.copy(dataset)
+        dataset.transform = eval_transforms(normalization or getattr(model, "normalization", "imagenet"))
+    if getattr(dataset, "skip_bad", False):
+        dataset = copy.copy(dataset)
+        dataset.skip_bad = False  # errors come back to us with their message; we decide
+        skip_bad = True
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n == 0:
+        raise UserError(f"{getattr(dataset, 'root', '?')}: the {getattr(dataset, 'split', '?')!r} split is empty")
+
+    import torch.distributed as dist
+
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    indices = list(range(rank, n, world))
+
+    was_training = model.training
+    model.eval()
+    model.to(dev)
+    cm = ConfusionMatrix(num_classes, ignore_index=dataset.ignore_index).to(dev)
+    heads: dict[str, tuple[ConfusionMatrix, list[str]]] = {}
+    skipped: list[str] = []
+    main_head = getattr(model, "main_head", None)
+    loader = DataLoader(_Guarded(dataset, indices), batch_size=max(1, batch_size), shuffle=False,
+                        num_workers=num_workers, collate_fn=_as_list)
+    autocast_dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
+    start = time.perf_counter()
+    done = 0
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(indices), unit="img", desc=f"eval {getattr(dataset, 'split', '')}",
+               disable=not progress or rank != 0, dynamic_ncols=True)
+    try:
+        for batch in loader:
+            good = []
+            for s in batch:
+                if "_error" in s:
+                    if not skip_bad:
+                        raise UserError(s["_error"])
+                    log.warning("skipped: %s", s["_error"])
+                    bar.write(f"skipped: {s['_error']}")
+                    skipped.append(s["_error"])
+                else:
+                    good.append(s)
+            for group in _groups(good, max(1, batch_size)):
+                x = _model_inputs(model, group, dev)
+                with torch.autocast(dev.type, dtype=autocast_dtype, enabled=amp):
+                    out = model(x)
+                    if flip:
+                        xf = {k: v.flip(-1) for k, v in x.items()} if isinstance(x, dict) else x.flip(-1)
+                        outf = model(xf)
+                outs = out if isinstance(out, Mapping) else {None: out}
+                outfs = (outf if isinstance(outf, Mapping) else {None: outf}) if flip else {}
+                for head, logits in outs.items():
+                    logits = logits.float()
+                    if flip:
+                        logits = logits.softmax(1) + outfs[head].float().softmax(1).flip(-1)
+                    pred = logits.argmax(1)
+                    is_main = head is None or head == main_head or (main_head is None and head == next(iter(outs)))
+                    if is_main:
+                        target = torch.stack([s["label"] for s in group]).to(dev)
+                        _update(cm, pred, target, group)
+                    else:
+                        key = f"label_{head}"
+                        if key not in group[0]:
+                            continue
+                        if head not in heads:
+                            names = list(getattr(dataset, f"{head}_class_names", [str(i) for i in range(logits.shape[1])]))
+                            heads[head] = (ConfusionMatrix(logits.shape[1], dataset.ignore_index).to(dev), names)
+                        _update(heads[head][0], pred, torch.stack([s[key] for s in group]).to(dev), group)
+            done += len(batch)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        if was_training:
+            model.train()
+    cm.all_reduce()
+    for h_cm, _ in heads.values():
+        h_cm.all_reduce()
+    cm.to("cpu")
+    for h_cm, _ in heads.values():
+        h_cm.to("cpu")
+    if skipped:
+        log.warning("%d of %d images skipped", len(skipped), len(indices))
+    return EvalResult(cm, list(dataset.class_names), num_images=len(indices) - len(skipped), skipped=skipped,
+                      seconds=time.perf_counter() - start, heads=heads)
+
+
+def _update(cm: ConfusionMatrix, pred: Tensor, target: Tensor, group: list[dict[str, Any]]) -> None:
+    try:
+        cm.update(pred, target)
+    except UserError as exc:  # name the file (the data sets check labels, so only a custom transform gets here)
+        raise UserError(f"{', '.join(s.get('path', '?') for s in group)}: {exc}") from None

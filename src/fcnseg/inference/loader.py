@@ -1,0 +1,322 @@
+"""``load_model(name_or_path)``: from a name or a file to a ready :class:`Segmenter`.
+
+Resolution order:
+
+1. a shipped model name: ``fcnseg/weights/<name>.safetensors`` inside the package;
+2. a registered architecture (``fcnseg.models.list_models()``): an *untrained* net
+   (an :class:`UntrainedModelWarning` says so; its predictions mean nothing);
+3. a ``.safetensors`` file written by fcnseg (its metadata names the model, classes,
+   palette, normalisation and build options);
+4. a training checkpoint ``.pt``/``.pth``/``.ckpt`` of ``fcnseg train`` (a dict with
+   ``model`` = state dict and ``config`` = plain dict), read with
+   ``torch.load(weights_only=True)``, so a malicious pickle cannot run code;
+5. an ``.onnx`` file from ``fcnseg export``, run by onnxruntime.
+
+Every mistake (missing file, wrong format, weights that do not fit the model, a
+class count that differs from the one asked for) is a one-line :class:`UserError`.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+__all__ = ["ModelInfo", "UntrainedModelWarning", "load_model", "list_shipped_models", "shipped_weights_path"]
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+#: build options that only matter for training and must not be replayed at inference
+_TRAINING_ONLY_OPTIONS = ("pretrained_backbone",)
+
+
+class UntrainedModelWarning(UserWarning):
+    """A model was built without trained weights."""
+
+
+@dataclass
+class ModelInfo:
+    """What a loaded model is: architecture, classes, colours, preprocessing, origin."""
+
+    name: str
+    model: str | None
+    num_classes: int
+    class_names: list[str]
+    palette: np.ndarray
+    normalization: str
+    options: dict[str, Any] = field(default_factory=dict)
+    trained: bool = True
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def list_shipped_models() -> list[str]:
+    """Names of the trained models shipped inside the package (``fcnseg/weights/*.safetensors``)."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def shipped_weights_path(name: str) -> Path:
+    return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+# --------------------------------------------------------------------------- metadata -> info
+def _info_from_meta(meta: dict[str, Any], *, name: str, source: str, num_classes: int | None,
+                    default_model: str | None = None, inferred_classes: int | None = None) -> ModelInfo:
+    from ..preprocess import get_normalization
+    from ..viz import default_palette
+
+    model = meta.get("model", default_model)
+    n_meta = meta.get("num_classes")
+    names = meta.get("class_names")
+    if n_meta is None:
+        n_meta = len(names) if names else inferred_classes
+    if n_meta is None:
+        raise UserError(f"{source}: its metadata does not say how many classes the model has")
+    try:
+        n = int(n_meta)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: num_classes {n_meta!r} in its metadata is not a number") from None
+    if inferred_classes is not None and inferred_classes != n:
+        raise UserError(f"{source}: metadata says {n} classes but the weights hold {inferred_classes}")
+    if num_classes is not None and int(num_classes) != n:
+        raise UserError(f"{source}: model has {n} classes but num_classes={num_classes} was requested")
+    if names is None:
+        names = [f"class_{i}" for i in range(n)]
+    names = [str(c) for c in names]
+    if len(names) != n:
+        raise UserError(f"{source}: {len(names)} class names for {n} classes in its metadata")
+    palette = meta.get("palette")
+    default = default_palette(n, names)
+    if palette is None:
+        pal = default
+    else:
+        try:
+            pal = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
+        except (TypeError, ValueError):
+            raise UserError(f"{source}: palette in its metadata is not a list of [r, g, b]") from None
+        if pal.size and (pal.min() < 0 or pal.max() > 255):
+            raise UserError(f"{source}: palette colours must be 0..255")
+        pal = pal.astype(np.uint8)
+        if len(pal) < n:
+            pal = np.concatenate([pal, default[len(pal):n]])
+    norm = meta.get("normalization") or "imagenet"
+    get_normalization(norm)  # validates
+    options = dict(meta.get("options") or meta.get("model_options") or {})
+    return ModelInfo(name=name, model=model, num_classes=n, class_names=names, palette=pal,
+                     normalization=norm, options=options, source=source, meta=dict(meta))
+
+
+def _build(info: ModelInfo) -> nn.Module:
+    from ..models import get_model, list_models
+
+    if not info.model:
+        raise UserError(f"{info.source}: its metadata does not name the model architecture")
+    if info.model not in list_models():
+        raise UserError(f"{info.source}: model {info.model!r} is not known to this fcnseg "
+                        f"(known: {', '.join(list_models())})")
+    opts = {k: v for k, v in info.options.items() if k not in _TRAINING_ONLY_OPTIONS}
+    return get_model(info.model, info.num_classes, **opts)
+
+
+def _fit(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``net``, or say in one line what does not fit."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} tensor(s) of the wrong shape, e.g. {k} "
+                         f"{tuple(state[k].shape)} vs {tuple(own[k].shape)} expected")
+        if missing:
+            parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+        raise UserError(f"{source}: weights do not fit model {getattr(net, 'model_name', '?')}: "
+                        + "; ".join(parts))
+    net.load_state_dict(state, strict=True)
+
+
+def _classes_in_state(state: dict[str, torch.Tensor]) -> int | None:
+    w = state.get("score_fr.weight")
+    return int(w.shape[0]) if w is not None and w.ndim >= 1 else None
+
+
+def _strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
+    """Drop the ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) key prefixes."""
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------- the five sources
+def _from_safetensors(path: Path, name: str, num_classes: int | None) -> tuple[nn.Module, ModelInfo]:
+    from ..weights import load_weights
+
+    state, meta = load_weights(path)
+    if not meta:
+        raise UserError(f"{path}: safetensors file without fcnseg metadata; cannot tell which model it "
+                        "is (fcnseg writes it with fcnseg.weights.save_weights)")
+    info = _info_from_meta(meta, name=name, source=str(path), num_classes=num_classes,
+                           inferred_classes=_classes_in_state(state))
+    net = _build(info)
+    _fit(net, state, str(path))
+    return net, info
+
+
+def _from_checkpoint(path: Path, name: str, num_classes: int | None) -> tuple[nn.Module, ModelInfo]:
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such checkpoint file") from None
+    except Exception as exc:  # UnpicklingError for disallowed objects, RuntimeError for non-zip files, ...
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"{path}: not a readable fcnseg checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt.get("config"), dict):
+        raise UserError(f"{path}: not an fcnseg training checkpoint (expected a dict with 'model' "
+                        "and 'config'; a bare state dict has no record of its model)")
+    config = ckpt["config"]
+    state = ckpt["model"]
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: checkpoint's 'model' entry is not a state dict")
+    state = _strip_prefixes(state)
+    state = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in state.items()}
+    meta = {
+        "model": config.get("model"),
+        "num_classes": config.get("num_classes"),
+        "class_names": config.get("class_names"),
+        "palette": config.get("palette"),
+        "normalization": config.get("normalization"),
+        "options": config.get("model_options") or config.get("options") or {},
+    }
+    meta = {k: v for k, v in meta.items() if v is not None}
+    if isinstance(meta.get("model"), dict):  # a nested model section: {"name": ..., ...}
+        meta["model"] = meta["model"].get("name")
+    info = _info_from_meta(meta, name=name, source=str(path), num_classes=num_classes,
+                           inferred_classes=_classes_in_state(state))
+    net = _build(info)
+    _fit(net, state, str(path))
+    return net, info
+
+
+def _from_registry(model: str, num_classes: int | None) -> tuple[nn.Module, ModelInfo]:
+    from ..models import get_model, model_spec
+
+    n = model_spec(model).default_num_classes if num_classes is None else int(num_classes)
+    net = get_model(model, n)
+    info = _info_from_meta({"model": model, "num_classes": n}, name=model, source=f"registered model {model}",
+                           num_classes=None)
+    info.normalization = getattr(net, "normalization", info.normalization)
+    info.trained = False
+    return net, info
+
+
+def _onnx_info(backend, path: Path, name: str, num_classes: int | None) -> ModelInfo:
+    raw = backend.metadata.get("fcnseg")
+    meta: dict[str, Any] = {}
+    if raw:
+        try:
+            meta = json.loads(raw)
+        except json.JSONDecodeError:
+            raise UserError(f"{path}: its 'fcnseg' metadata is not valid JSON") from None
+    if not meta.get("normalization"):
+        warnings.warn(f"{path}: ONNX file carries no fcnseg metadata; assuming 'imagenet' normalisation "
+                      "and generic class names", UserWarning, stacklevel=3)
+    return _info_from_meta(meta, name=name, source=str(path), num_classes=num_classes,
+                           inferred_classes=backend.num_classes)
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num_classes: int | None = None,
+               backend: str | None = None, tile: int | str | None = "auto", overlap: int | None = None,
+               tta: Any = None):
+    """Load a segmentation model ready for :meth:`~fcnseg.inference.Segmenter.predict`.
+
+    Args:
+        name_or_path: a shipped model name (``camvid-fcn8s-lite0``), a registered
+            architecture (untrained!), or a ``.safetensors`` / ``.pt`` / ``.onnx`` file.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        num_classes: the class count you expect; a different one in the weights is an error.
+            For a registered architecture it sets the size of the (untrained) output.
+        backend: ``torch`` or ``onnxruntime`` (default: onnxruntime for ``.onnx``, else torch).
+        tile, overlap, tta: defaults for :meth:`Segmenter.predict` (see there).
+    """
+    from ..models import list_models
+    from .backends import OnnxBackend, TorchBackend, resolve_device
+    from .predictor import Segmenter
+
+    if backend not in (None, "torch", "onnxruntime"):
+        raise UserError(f"unknown backend {backend!r}; expected torch or onnxruntime")
+    if num_classes is not None and int(num_classes) < 1:
+        raise UserError(f"num_classes must be >= 1, got {num_classes}")
+    dev = resolve_device(device)
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    suffix = path.suffix.lower()
+    looks_like_path = suffix in (".safetensors", ".onnx") + CHECKPOINT_SUFFIXES or "/" in text or "\\" in text
+
+    if suffix == ".onnx" or (backend == "onnxruntime" and path.is_file()):
+        if backend == "torch":
+            raise UserError(f"{path}: an ONNX file runs with --backend onnxruntime, not torch")
+        if not path.is_file():
+            raise UserError(f"{path}: no such ONNX file")
+        if suffix != ".onnx":
+            raise UserError(f"{path}: --backend onnxruntime needs an .onnx file (make one with fcnseg export)")
+        be = OnnxBackend(path, dev)
+        info = _onnx_info(be, path, path.stem, num_classes)
+        return Segmenter(be, info, geometry_net=_geometry_net(info), tile=tile, overlap=overlap, tta=tta)
+    if backend == "onnxruntime":
+        raise UserError(f"{text}: --backend onnxruntime needs an .onnx file (make one with fcnseg export)")
+
+    if path.is_file() or looks_like_path:
+        if not path.exists():
+            raise UserError(f"{path}: no such model file")
+        if path.is_dir():
+            raise UserError(f"{path}: is a folder; expected a .safetensors, .pt or .onnx model file")
+        if suffix == ".safetensors":
+            net, info = _from_safetensors(path, path.stem, num_classes)
+        elif suffix in CHECKPOINT_SUFFIXES:
+            net, info = _from_checkpoint(path, path.stem, num_classes)
+        else:
+            raise UserError(f"{path}: unknown model file type {suffix or '(none)'}; expected .safetensors, "
+                            ".pt (training checkpoint) or .onnx")
+    elif shipped_weights_path(text).is_file():
+        net, info = _from_safetensors(shipped_weights_path(text), text, num_classes)
+    elif text in list_models():
+        net, info = _from_registry(text, num_classes)
+        warnings.warn(f"model {text!r} is an untrained architecture (no weights loaded): its predictions "
+                      "are meaningless; pass a shipped model name or a weights file", UntrainedModelWarning,
+                      stacklevel=2)
+    else:
+        shipped = list_shipped_models()
+        raise UserError(f"unknown model {text!r}: not a file, a shipped model "
+                        f"({', '.join(shipped) or 'none installed'}) or an architecture "
+                        f"({', '.join(list_models())})")
+    return Segmenter(TorchBackend(net, dev), info, geometry_net=net, tile=tile, overlap=overlap, tta=tta)
+
+
+def _geometry_net(info: ModelInfo) -> nn.Module | None:
+    """A weightless ('meta' device) copy of the architecture, to know its tiling geometry."""
+    from ..models import list_models
+
+    if not info.model or info.model not in list_models():
+        return None
+    try:
+        with torch.device("meta"):
+            return _build(info)
+    except Exception:  # geometry is an optimisation for tiling; never fail loading over it
+        return None

@@ -1,0 +1,222 @@
+"""The :class:`Segmenter`: images in, label maps (and probabilities) out.
+
+A Segmenter wraps an execution backend (a PyTorch net or an ONNX session) with
+what is needed to use it on real images: the normalisation it was trained with,
+its class names and palette, and the tiling geometry that keeps memory bounded
+on huge images without changing the result.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+from ..imageio import as_rgb_array
+from ..preprocess import get_normalization, normalize
+from .loader import ModelInfo
+from .tiling import TileGrid, dependency_radius, model_stride, plan_tiles, predict_tiled
+from .tta import TTA, parse_tta, tta_probs
+
+__all__ = ["Segmenter", "AUTO_TILE", "AUTO_TILE_PIXELS"]
+
+#: with ``tile="auto"``, images of more pixels than this are tiled ...
+AUTO_TILE_PIXELS = 2048 * 2048
+#: ... with cores of this size (windows of ~2000 px with the Lite0 margin; see tiling.py)
+AUTO_TILE = 1024
+
+Image = Any  # a path, a PIL image or an H x W x 3 uint8 array
+
+
+class Segmenter:
+    """A loaded model that segments images. Make one with :func:`fcnseg.load_model`.
+
+    Attributes: ``name``, ``model`` (architecture), ``num_classes``, ``class_names``,
+    ``palette`` (``K x 3`` uint8), ``normalization``, ``device``, ``backend``
+    (``"torch"`` / ``"onnxruntime"``), ``trained``, ``net`` (the ``nn.Module``, torch
+    backend only), ``receptive_field`` and ``tile_margin`` (pixels of context each
+    tile gets) where the architecture is known.
+    """
+
+    def __init__(self, runner: Callable[[Tensor], Tensor], info: ModelInfo, geometry_net: nn.Module | None = None,
+                 tile: int | str | None = "auto", overlap: int | None = None, tta: Any = None) -> None:
+        self._run = runner
+        self.info = info
+        self.name = info.name
+        self.model = info.model
+        self.num_classes = info.num_classes
+        self.class_names = list(info.class_names)
+        self.palette = np.asarray(info.palette, dtype=np.uint8)
+        self.normalization = info.normalization
+        self._norm = get_normalization(info.normalization)
+        self.trained = info.trained
+        self.backend = getattr(runner, "name", "torch")
+        self.device = getattr(runner, "device", torch.device("cpu"))
+        self.net: nn.Module | None = getattr(runner, "net", None)
+        self.receptive_field: int | None = getattr(geometry_net, "receptive_field", None) if geometry_net is not None else None
+        self._radius = dependency_radius(geometry_net) if geometry_net is not None else None
+        self._stride = model_stride(geometry_net) if geometry_net is not None else 32
+        self.tile = self._check_tile(tile)
+        self.overlap = overlap
+        self.tta = parse_tta(tta)
+        self.label_dtype = np.uint8 if self.num_classes <= 256 else np.int32
+
+    def __repr__(self) -> str:
+        return (f"Segmenter(name={self.name!r}, model={self.model!r}, num_classes={self.num_classes}, "
+                f"backend={self.backend!r}, device={str(self.device)!r}, trained={self.trained})")
+
+    # ------------------------------------------------------------------ options
+    @staticmethod
+    def _check_tile(tile: int | str | None) -> int | str:
+        if tile is None or tile is False:
+            return 0
+        if tile == "auto":
+            return "auto"
+        try:
+            t = int(tile)
+        except (TypeError, ValueError):
+            raise UserError(f"tile must be a size in pixels, 0 (off) or 'auto', got {tile!r}") from None
+        if t < 0:
+            raise UserError(f"tile must be >= 0, got {t}")
+        return t
+
+    @property
+    def tile_margin(self) -> int:
+        """The context (pixels per side) each tile gets by default; see :mod:`fcnseg.inference.tiling`."""
+        return plan_tiles(1, 1, max(self._stride, 1), None, self._radius, self._stride,
+                          self.receptive_field).margin if self._radius is not None else -1
+
+    def tile_grid(self, height: int, width: int, tile: int | str | None = None,
+                  overlap: int | None = None) -> TileGrid | None:
+        """The tiling used for an ``height x width`` image (None: the whole image in one pass)."""
+        t = self.tile if tile is None else self._check_tile(tile)
+        if t == "auto":
+            if height * width <= AUTO_TILE_PIXELS:
+                return None
+            t = AUTO_TILE
+        if not t:
+            return None
+        ov = self.overlap if overlap is None else overlap
+        grid = plan_tiles(height, width, int(t), ov, self._radius, self._stride, self.receptive_field)
+        return grid if len(grid) > 1 else None
+
+    # ------------------------------------------------------------------ core
+    def _batch_tensor(self, images: Sequence[np.ndarray]) -> Tensor:
+        if len(images) == 1:
+            return normalize(images[0], self._norm).unsqueeze(0)
+        h, w = images[0].shape[:2]
+        out = torch.empty((len(images), 3, h, w), dtype=torch.float32)
+        for i, im in enumerate(images):
+            out[i] = normalize(im, self._norm)
+        return out
+
+    def _logits(self, x: Tensor) -> Tensor:
+        out = self._run(x)
+        if out.ndim != 4 or out.shape[0] != x.shape[0] or out.shape[1] != self.num_classes \
+                or tuple(out.shape[2:]) != tuple(x.shape[2:]):
+            raise RuntimeError(f"model {self.name} returned scores of shape {tuple(out.shape)} for input "
+                               f"{tuple(x.shape)}; expected N x {self.num_classes} x H x W")
+        return out
+
+    def scores(self, x: Tensor, tta: TTA | None = None) -> tuple[Tensor, bool]:
+        """Scores of a normalised batch: ``(N x C x H x W, is_probability)``.
+
+        Without TTA these are the logits (no softmax is spent when only labels are
+        wanted); with TTA, averaged probabilities.
+        """
+        tta = self.tta if tta is None else tta
+        if tta.active:
+            return tta_probs(self._logits, x, tta), True
+        return self._logits(x), False
+
+    def _labels(self, scores: Tensor) -> np.ndarray:
+        return scores.argmax(1).to(torch.uint8 if self.label_dtype == np.uint8 else torch.int32).cpu().numpy()
+
+    # ------------------------------------------------------------------ public API
+    def predict(self, image: Image, return_probs: bool = False, *, tile: int | str | None = None,
+                overlap: int | None = None, tta: Any = None,
+                probs_out: np.ndarray | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Segment one image.
+
+        Args:
+            image: a path, a PIL image, or an ``H x W x 3`` uint8 RGB array (greyscale,
+                RGBA and 16-bit inputs are converted as in :mod:`fcnseg.imageio`).
+            return_probs: also return the class probabilities, ``C x H x W`` float32.
+            tile: core size for tiled inference, ``0`` for none, ``"auto"`` (tile images
+                above ~4 megapixels) or None for this Segmenter's default.
+            overlap: overlap of neighbouring tile windows in pixels (default: exact).
+            tta: test-time augmentation, e.g. ``"flip,scales=0.75,1,1.25"`` or a :class:`TTA`.
+            probs_out: a ``C x H x W`` float32 array (e.g. a ``numpy.memmap``) to write the
+                probabilities into instead of allocating one (huge images).
+
+        Returns the ``H x W`` label map (uint8 for up to 256 classes, else int32), or
+        ``(labels, probs)`` with ``return_probs``.
+        """
+        img = as_rgb_array(image)
+        tta_cfg = self.tta if tta is None else parse_tta(tta)
+        want_probs = return_probs or probs_out is not None
+        h, w = img.shape[:2]
+        if probs_out is not None and tuple(probs_out.shape) != (self.num_classes, h, w):
+            raise ValueError(f"probs_out has shape {tuple(probs_out.shape)}; expected "
+                             f"{(self.num_classes, h, w)}")
+        grid = self.tile_grid(h, w, tile, overlap)
+        if grid is not None:
+            labels = np.empty((h, w), dtype=self.label_dtype)
+            probs = None
+            if want_probs:
+                probs = probs_out if probs_out is not None else np.empty((self.num_classes, h, w), np.float32)
+
+            def window_scores(win: np.ndarray) -> Tensor:
+                return self.scores(self._batch_tensor([win]), tta_cfg)[0][0]
+
+            to_probs = None if tta_cfg.active else (lambda s: torch.softmax(s.float(), dim=0))
+            predict_tiled(img, window_scores, grid, self.num_classes, labels, probs, to_probs=to_probs)
+            return (labels, probs) if return_probs else labels
+        s, is_prob = self.scores(self._batch_tensor([img]), tta_cfg)
+        labels = self._labels(s)[0]
+        if not want_probs:
+            return labels
+        p = s[0] if is_prob else torch.softmax(s[0].float(), dim=0)
+        if probs_out is not None:
+            probs_out[...] = p.cpu().numpy()
+            probs = probs_out
+        else:
+            probs = p.float().cpu().numpy()
+        return (labels, probs) if return_probs else labels
+
+    __call__ = predict
+
+    def predict_batch(self, images: Sequence[Image], batch_size: int = 4, return_probs: bool = False, *,
+                      tile: int | str | None = None, overlap: int | None = None,
+                      tta: Any = None) -> list[np.ndarray] | list[tuple[np.ndarray, np.ndarray]]:
+        """Segment many images of any sizes; results in input order.
+
+        Images of the same size are stacked into batches of up to ``batch_size``
+        (no padding, so each result equals the one-by-one result); images big enough
+        to be tiled go one by one.
+        """
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        tta_cfg = self.tta if tta is None else parse_tta(tta)
+        arrays = [as_rgb_array(im, name=str(im) if isinstance(im, str) else f"image {i}")
+                  for i, im in enumerate(images)]
+        results: list[Any] = [None] * len(arrays)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, a in enumerate(arrays):
+            if self.tile_grid(a.shape[0], a.shape[1], tile, overlap) is not None:
+                results[i] = self.predict(a, return_probs, tile=tile, overlap=overlap, tta=tta_cfg)
+            else:
+                groups.setdefault(a.shape[:2], []).append(i)
+        for idx in groups.values():
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start:start + batch_size]
+                s, is_prob = self.scores(self._batch_tensor([arrays[i] for i in chunk]), tta_cfg)
+                labels = self._labels(s)
+                if return_probs:
+                    probs = (s if is_prob else torch.softmax(s.float(), dim=1)).float().cpu().numpy()
+                for k, i in enumerate(chunk):
+                    results[i] = (labels[k], probs[k]) if return_probs else labels[k]
+                del s
+        return results

@@ -1,0 +1,156 @@
+"""Tiled inference: bounded memory for any image size, with the whole-image result.
+
+The image is cut into a grid of *cores* of ``tile x tile`` pixels. Each core is run
+inside a *window* that adds ``margin`` pixels of context on every side (clipped at
+the image border), and only the core's scores are kept, so every output pixel comes
+from exactly one window. Memory is that of one window plus the outputs.
+
+Border policy (why the tiled result equals the whole-image result):
+
+* A fully convolutional net's output at pixel ``p`` depends only on the input within
+  its *dependency radius* ``r`` of ``p`` (half the receptive field of the coarsest
+  score sample plus the reach of the upsampling layers, see :func:`dependency_radius`).
+  When ``margin >= r``, every kept pixel sees exactly the input it sees in the
+  whole image: where its window is clipped, the whole image ends there too, so
+  both see the same padding.
+* Windows start at multiples of the net's total stride (``tile`` and ``margin`` are
+  rounded up to multiples of it), so every layer's sampling grid in a window is the
+  whole image's grid shifted by whole samples.
+
+With the default overlap the tiled result therefore equals the whole-image result
+up to float rounding (convolution kernels may sum in another order for another
+input size: differences are ~1e-6 in the logits and can flip only pixels whose two
+best classes tie to that precision). A smaller ``overlap`` (a speed/exactness
+trade) makes pixels within ``r`` of a core seam see zero padding where the whole
+image has pixels; they may then differ.
+
+``overlap`` is the overlap of neighbouring windows (``2 * margin``); the default is
+the receptive field of the model (``overlap >= receptive field`` is what makes the
+result exact; the exact requirement is ``margin >= dependency_radius``, which the
+default also meets). Models without geometry (ONNX files without fcnseg metadata)
+use ``overlap = tile / 2`` and are not exact.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["TileGrid", "dependency_radius", "model_stride", "plan_tiles", "predict_tiled"]
+
+
+def model_stride(net: nn.Module) -> int:
+    """The total stride of the net's coarsest output (32 for every FCN here)."""
+    from ..models.fcn import FCN
+    from ..models.geometry import total_stride
+
+    if isinstance(net, FCN):
+        return int(total_stride(net.backbone.tap_specs("out")))
+    return 32
+
+
+def dependency_radius(net: nn.Module) -> int | None:
+    """How far (in input pixels) an output pixel of an FCN can look: ``None`` if unknown.
+
+    ``(receptive field - 1) / 2`` of the coarsest score sample, plus, for every
+    upsampling layer, half its kernel span in input pixels (the farthest coarse
+    sample that contributes to a pixel). ``tests/test_inference.py`` checks it against
+    the measured reach (a NaN pixel's spread through the net).
+    """
+    from ..models.fcn import FCN
+
+    if not isinstance(net, FCN):
+        return None
+    reach = (net.receptive_field - 1) / 2
+    stride = model_stride(net)
+    names = {"32s": ["upscore"], "16s": ["upscore2", "upscore16"],
+             "8s": ["upscore2", "upscore_pool4", "upscore8"]}[net.variant]
+    for name in names:
+        up = getattr(net, name)
+        stride //= up.stride[0]  # input pixels per sample of this layer's output
+        reach += (up.kernel_size[0] - 1) / 2 * stride
+    return int(math.ceil(reach))
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The cut of an ``height x width`` image into cores and windows (see module docstring)."""
+
+    height: int
+    width: int
+    tile: int
+    margin: int
+
+    @staticmethod
+    def spans(length: int, tile: int, margin: int) -> list[tuple[int, int, int, int]]:
+        """``(window start, window end, core start, core end)`` along one axis."""
+        out = []
+        for c0 in range(0, length, tile):
+            c1 = min(c0 + tile, length)
+            out.append((max(0, c0 - margin), min(length, c1 + margin), c0, c1))
+        return out
+
+    def __iter__(self) -> Iterator[tuple[slice, slice, slice, slice]]:
+        """Per tile: window rows, window cols, and the core's rows/cols *within* the window."""
+        for wy0, wy1, cy0, cy1 in self.spans(self.height, self.tile, self.margin):
+            for wx0, wx1, cx0, cx1 in self.spans(self.width, self.tile, self.margin):
+                yield (slice(wy0, wy1), slice(wx0, wx1),
+                       slice(cy0 - wy0, cy1 - wy0), slice(cx0 - wx0, cx1 - wx0))
+
+    def __len__(self) -> int:
+        return len(self.spans(self.height, self.tile, self.margin)) * len(
+            self.spans(self.width, self.tile, self.margin))
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int | None, radius: int | None,
+               stride: int, receptive_field: int | None = None) -> TileGrid:
+    """Choose the grid: ``tile`` and ``margin`` rounded up to multiples of ``stride``.
+
+    ``overlap=None``: margin = max(dependency radius, receptive field / 2) (exact);
+    without model geometry, ``tile / 4`` (overlap tile / 2, not exact).
+    """
+    if tile < 1:
+        raise ValueError(f"tile must be >= 1, got {tile}")
+    tile = _round_up(int(tile), stride)
+    if overlap is None:
+        if radius is None:
+            margin = tile // 4
+        else:
+            margin = max(radius, math.ceil((receptive_field or 0) / 2))
+    else:
+        if overlap < 0:
+            raise ValueError(f"overlap must be >= 0, got {overlap}")
+        margin = math.ceil(overlap / 2)
+    return TileGrid(height, width, tile, _round_up(margin, stride))
+
+
+def predict_tiled(image: np.ndarray, scores: Callable[[np.ndarray], Tensor], grid: TileGrid, num_classes: int,
+                  labels_out: np.ndarray, probs_out: np.ndarray | None = None,
+                  to_probs: Callable[[Tensor], Tensor] | None = None,
+                  progress: Callable[[int], None] | None = None) -> None:
+    """Run ``scores`` (window ``h x w x 3`` uint8 -> ``C x h x w`` scores) over the grid.
+
+    Writes the arg-max of every core into ``labels_out`` (``H x W``) and, when
+    ``probs_out`` (``C x H x W``, e.g. a ``numpy.memmap``) is given, the core's
+    probabilities (``to_probs`` turns scores into probabilities; identity if None).
+    """
+    for wy, wx, cy, cx in grid:
+        s = scores(image[wy, wx])
+        core = s[:, cy, cx]
+        y0, x0 = wy.start + cy.start, wx.start + cx.start
+        y1, x1 = y0 + (cy.stop - cy.start), x0 + (cx.stop - cx.start)
+        labels_out[y0:y1, x0:x1] = core.argmax(0).to(torch.int32 if num_classes > 256 else torch.uint8).cpu().numpy()
+        if probs_out is not None:
+            p = to_probs(core) if to_probs is not None else core
+            probs_out[:, y0:y1, x0:x1] = p.float().cpu().numpy()
+        del s, core
+        if progress is not None:
+            progress(1)

@@ -1,0 +1,79 @@
+"""Checkpoints that are written atomically and never load silently when damaged.
+
+A checkpoint file is an ordinary ``torch.save`` archive holding
+``{"format", "sha256", "payload"}``: the payload is the real state serialised by
+``torch.save`` and kept as a uint8 tensor, and ``sha256`` is its digest. A
+truncated file fails to open; a flipped byte fails the digest. Either way the
+user gets one clear line, not a half-loaded model. Only plain types and tensors
+are stored, so ``torch.load(weights_only=True)`` reads it safely.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+
+FORMAT = "fcnseg-checkpoint-v1"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically: temp file, fsync, rename, fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getbuffer()
+    wrapper = {
+        "format": FORMAT,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save(wrapper, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and verify a checkpoint written by :func:`save_checkpoint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        wrapper = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path}: corrupt or truncated checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(wrapper, dict) or wrapper.get("format") != FORMAT:
+        raise UserError(f"{path}: not an fcnseg training checkpoint (expected format {FORMAT})")
+    payload = wrapper["payload"].numpy().tobytes()
+    if hashlib.sha256(payload).hexdigest() != wrapper["sha256"]:
+        raise UserError(f"{path}: checkpoint is corrupt (SHA-256 mismatch); use an earlier checkpoint")
+    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Cheap test used by model loaders: does ``path`` look like a training checkpoint?"""
+    return Path(path).suffix in (".pt", ".pth", ".ckpt")

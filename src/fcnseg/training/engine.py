@@ -1,0 +1,541 @@
+"""The training loop: resumable to the exact step, validated with the reference metrics.
+
+One process, or many under ``torchrun`` (DDP, gloo on CPU / NCCL on GPU). The
+loop state (model, optimiser, schedule, scaler, RNG states, data position,
+config) is checkpointed atomically every ``checkpoint_every`` steps and at every
+epoch end, so a crash or a kill loses at most that much work, and ``--resume``
+continues as if nothing had happened (bit-exact in deterministic CPU mode).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..errors import UserError
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .distributed import ResumableSampler, barrier, init_distributed, is_main
+from .losses import segmentation_loss
+from .schedule import lr_lambda
+
+RESUMABLE_OVERRIDES = {"epochs", "max_iters", "workers", "progress", "device", "threads", "log_every",
+                       "checkpoint_every", "val_every", "val_every_iters", "tensorboard", "run_dir"}
+
+
+# ---------------------------------------------------------------------------- RNG state
+def _rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": _py_state_to_plain(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _py_state_to_plain(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _StopRequested:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step and exits."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequested":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: give up at once
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume_state: dict[str, Any] | None = None) -> None:
+        self.cfg = config
+        self.resume_state = resume_state
+        self.run_dir = Path(config.run_dir)
+
+    # ------------------------------------------------------------------ set-up
+    def _setup_device(self) -> None:
+        cfg = self.cfg
+        if cfg.device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            device = cfg.device
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("device cuda requested but CUDA is not available")
+        self.rank, self.world, local = init_distributed(device)
+        self.device = torch.device(f"cuda:{local}" if device.startswith("cuda") else "cpu")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=False)
+            torch.backends.cudnn.benchmark = False
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.main = is_main()
+
+    def _build_data(self) -> None:
+        from ..data import collate, get_dataset
+        from ..data.transforms import eval_transforms, train_transforms
+
+        cfg = self.cfg
+        norm = self.normalization
+        self.train_set = get_dataset(cfg.dataset, cfg.data_root, cfg.train_split, transform=train_transforms(
+            norm, crop_size=tuple(cfg.crop_size) if cfg.crop_size else None,
+            scale_range=tuple(cfg.scale_range) if cfg.scale_range else None,
+            flip=cfg.flip, jitter=cfg.color_jitter), **cfg.dataset_options)
+        if len(self.train_set) == 0:
+            raise UserError(f"{cfg.data_root}: the {cfg.train_split!r} split is empty")
+        self.val_set = None
+        if cfg.val_split:
+            self.val_set = get_dataset(cfg.dataset, cfg.data_root, cfg.val_split,
+                                       transform=eval_transforms(norm), **cfg.dataset_options)
+        if cfg.crop_size is None and cfg.batch_size > 1:
+            pass  # whole images of one size (CamVid) batch fine; mixed sizes fail clearly in collate
+        self.sampler = ResumableSampler(len(self.train_set), cfg.batch_size * self.world, seed=cfg.seed,
+                                        rank=self.rank, world=self.world)
+        micro = self.sampler.steps_per_epoch()
+        self.steps_per_epoch = micro // cfg.grad_accum
+        if self.steps_per_epoch == 0:
+            raise UserError(f"{len(self.train_set)} training images are fewer than one step "
+                            f"(batch {cfg.batch_size} x {self.world} processes x accumulation {cfg.grad_accum})")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        if cfg.max_iters:
+            self.total_steps = min(self.total_steps, cfg.max_iters)
+        self.collate = collate
+
+    def _loader(self, epoch: int, start_micro: int) -> DataLoader:
+        self.train_set.set_epoch(epoch, self.cfg.seed)
+        self.sampler.set_epoch(epoch, start_micro)
+        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=self.sampler,
+                          num_workers=self.cfg.workers, collate_fn=self.collate, drop_last=True,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False,
+                          generator=torch.Generator().manual_seed(self.cfg.seed))
+
+    def _build_model(self) -> None:
+        from ..models import get_model
+
+        cfg = self.cfg
+        options = dict(cfg.model_options)
+        if cfg.pretrained_backbone:
+            options["pretrained_backbone"] = True
+        model = get_model(cfg.model, self.num_classes, **options)
+        if cfg.backbone_weights and self.resume_state is None:
+            from .. import surgery
+
+            state = torch.load(cfg.backbone_weights, map_location="cpu", weights_only=True)
+            trunk = getattr(model.backbone, "__class__").__name__.lower()
+            arch = "alexnet" if "alexnet" in trunk else "vgg16"
+            missing = model.load_state_dict(surgery.convolutionalize(state, arch), strict=False)
+            if self.main:
+                print(f"backbone weights from {cfg.backbone_weights}; not in file: {len(missing.missing_keys)} "
+                      f"tensors (score layers)", file=sys.stderr)
+        if cfg.init_from and self.resume_state is None:
+            from .. import surgery
+
+            coarse = _read_state(cfg.init_from)
+            surgery.transplant(coarse, model)
+        self.model_name = cfg.model
+        self.normalization = cfg.normalization or getattr(model, "normalization", "imagenet")
+        model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.ddp_model: nn.Module = model
+        if self.world > 1:
+            if cfg.sync_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+                self.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _build_optimizer(self) -> None:
+        cfg = self.cfg
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            lr = cfg.lr * (cfg.backbone_lr_mult if name.startswith("backbone.") else 1.0)
+            decay = cfg.weight_decay
+            if p.ndim <= 1:  # biases and norm scales
+                lr *= cfg.bias_lr_mult if name.endswith("bias") else 1.0
+                decay = cfg.weight_decay if cfg.bias_decay else 0.0
+            groups.setdefault((lr, decay), []).append(p)
+        param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum)
+        else:
+            self.optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(cfg.lr_schedule, self.total_steps, cfg.poly_power, cfg.warmup_iters))
+        use_scaler = cfg.amp == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        if cfg.amp != "none" and self.device.type == "cuda":
+            dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
+            self.autocast = lambda: torch.autocast("cuda", dtype=dtype)
+        else:
+            self.autocast = nullcontext
+
+    def _class_weights(self) -> torch.Tensor | None:
+        cw = self.cfg.class_weights
+        if cw in (None, "none", False):
+            return None
+        if isinstance(cw, (list, tuple)):
+            if len(cw) != self.num_classes:
+                raise UserError(f"class_weights has {len(cw)} values but there are {self.num_classes} classes")
+            w = torch.tensor(cw, dtype=torch.float32)
+        elif cw in ("median_freq", "sqrt_median_freq"):
+            from ..stats import median_frequency_weights
+
+            raw = self.train_set.transform
+            self.train_set.transform = None
+            try:
+                w = torch.as_tensor(np.asarray(median_frequency_weights(self.train_set)), dtype=torch.float32)
+            finally:
+                self.train_set.transform = raw
+            if cw == "sqrt_median_freq":
+                w = w.sqrt()
+        else:
+            raise UserError(f"class_weights must be none, median_freq, sqrt_median_freq or a list, got {cw!r}")
+        return w.to(self.device)
+
+    # ------------------------------------------------------------------ state
+    def state(self, epoch: int, micro_in_epoch: int) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(),
+            "position": {"epoch": epoch, "micro_in_epoch": micro_in_epoch, "step": self.step},
+            "best": {"mean_iou": self.best_miou, "step": self.best_step},
+            "config": self.cfg.to_dict(),
+            "meta": self.meta(),
+        }
+
+    def meta(self) -> dict[str, Any]:
+        palette = getattr(self.train_set, "palette", None)
+        return {
+            "model": self.cfg.model,
+            "num_classes": self.num_classes,
+            "class_names": list(getattr(self.train_set, "class_names", [])),
+            "palette": palette.tolist() if palette is not None else None,
+            "normalization": self.normalization,
+            "options": {k: v for k, v in self.cfg.model_options.items()},
+            "dataset": self.cfg.dataset,
+        }
+
+    def save(self, epoch: int, micro_in_epoch: int, name: str = "last.pt") -> None:
+        if self.main:
+            save_checkpoint(self.state(epoch, micro_in_epoch), self.run_dir / name)
+        barrier()
+
+    # ------------------------------------------------------------------ logging
+    def log(self, row: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        row = {"time": round(time.time(), 3), **row}
+        with open(self.run_dir / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            kind = row.get("type")
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("time", "step", "epoch"):
+                    self.tb.add_scalar(f"{kind}/{k}", v, row.get("step", 0))
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        from ..metrics import ConfusionMatrix
+
+        assert self.val_set is not None
+        model = self.model
+        was_training = model.training
+        model.eval()
+        cm = ConfusionMatrix(self.num_classes, ignore_index=self.val_set.ignore_index)
+        indices = range(self.rank, len(self.val_set), self.world)
+        for i in indices:
+            sample = self.val_set[i]
+            if sample is None:
+                continue
+            x = sample["image"].unsqueeze(0).to(self.device)
+            if self.cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                logits = model(x).float()
+                if self.cfg.val_flip:
+                    logits = logits.softmax(1) + model(x.flip(3)).float().softmax(1).flip(3)
+            cm.update(logits.argmax(1).cpu(), sample["label"].unsqueeze(0))
+        cm.all_reduce()
+        if was_training:
+            model.train()
+        return cm.compute()
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self._setup_device()
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+        # Data needs the preset, which comes from the model: build the model on meta first.
+        from ..models import get_model
+
+        with torch.device("meta"):
+            probe = get_model(cfg.model, cfg.num_classes or 1, **{
+                k: v for k, v in cfg.model_options.items()})
+        self.normalization = cfg.normalization or getattr(probe, "normalization", "imagenet")
+        del probe
+        self._build_data()
+        self.num_classes = cfg.num_classes or self.train_set.num_classes
+        torch.manual_seed(cfg.seed)
+        self._build_model()
+        self._build_optimizer()
+        self.weight = self._class_weights()
+        self.step, self.best_miou, self.best_step = 0, -1.0, -1
+        start_epoch, start_micro = 0, 0
+        if self.resume_state is not None:
+            st = self.resume_state
+            self.model.load_state_dict(st["model"])
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.scheduler.load_state_dict(st["scheduler"])
+            self.scaler.load_state_dict(st["scaler"])
+            _set_rng_state(st["rng"])
+            pos = st["position"]
+            start_epoch, start_micro, self.step = pos["epoch"], pos["micro_in_epoch"], pos["step"]
+            self.best_miou, self.best_step = st["best"]["mean_iou"], st["best"]["step"]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.tb = None
+        if cfg.tensorboard and self.main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("--tensorboard needs: pip install 'fcnseg[tensorboard]'") from None
+            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+        if self.main:
+            (self.run_dir / "config.yaml").write_text(_yaml_dump(cfg.to_dict()))
+            self.log({"type": "start" if self.resume_state is None else "resume", "step": self.step,
+                      "world": self.world, "device": str(self.device), "steps_total": self.total_steps})
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.progress and self.main),
+                   unit="step", dynamic_ncols=True)
+        status = "done"
+        with _StopRequested() as stop:
+            epoch = start_epoch
+            while self.step < self.total_steps and epoch < cfg.epochs:
+                status = self._run_epoch(epoch, start_micro, bar, stop)
+                start_micro = 0
+                if status != "epoch":
+                    break
+                epoch += 1
+                if cfg.val_every and epoch % cfg.val_every == 0 and self.val_set is not None:
+                    self._validate_and_track(epoch)
+                self.save(epoch, 0)
+            else:
+                status = "done"
+        bar.close()
+        if status == "done":
+            if self.val_set is not None and self.best_step != self.step and not cfg.val_every:
+                self._validate_and_track(epoch)
+            self.save(epoch, 0)
+            self.log({"type": "end", "step": self.step, "best_mean_iou": self.best_miou})
+        if self.tb is not None:
+            self.tb.close()
+        summary = {"status": status, "step": self.step, "best_mean_iou": self.best_miou,
+                   "best_step": self.best_step, "run_dir": str(self.run_dir),
+                   "signal": stop.signum}
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        return summary
+
+    def _validate_and_track(self, epoch: int) -> None:
+        scores = self.validate()
+        row = {"type": "val", "step": self.step, "epoch": epoch,
+               **{k: scores[k] for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")},
+               "iou": scores["iou"]}
+        self.log(row)
+        if self.main:
+            tqdm_write(f"step {self.step} epoch {epoch}: val mean IU {scores['mean_iou']:.4f} "
+                       f"pixel acc {scores['pixel_acc']:.4f}")
+        if scores["mean_iou"] > self.best_miou:
+            self.best_miou, self.best_step = float(scores["mean_iou"]), self.step
+            self.save(epoch, 0, "best.pt")
+            if self.main:
+                from ..weights import save_weights
+
+                save_weights(self.model.state_dict(), self.run_dir / "best.safetensors",
+                             {**self.meta(), "val": {k: row[k] for k in ("pixel_acc", "mean_acc", "mean_iou",
+                                                                         "fw_iou")}, "step": self.step})
+
+    def _run_epoch(self, epoch: int, start_micro: int, bar: Any, stop: _StopRequested) -> str:
+        cfg = self.cfg
+        model = self.ddp_model
+        model.train()
+        accum = cfg.grad_accum
+        micro_total = self.steps_per_epoch * accum
+        micro = start_micro
+        t0, seen, loss_acc, n_acc = time.perf_counter(), 0, 0.0, 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for batch in self._loader(epoch, start_micro):
+            if micro >= micro_total:
+                break
+            micro += 1
+            if batch is None:  # every sample of this batch was bad (skip_bad)
+                continue
+            x = batch["image"].to(self.device, non_blocking=True)
+            y = batch["label"].to(self.device, non_blocking=True).long()
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            sync = micro % accum == 0
+            ctx = model.no_sync() if (self.world > 1 and not sync) else nullcontext()
+            with ctx:
+                with self.autocast():
+                    out = model(x)
+                loss = self._loss(out, y) / accum
+                self.scaler.scale(loss).backward()
+            loss_acc += float(loss.detach()) * accum
+            n_acc += 1
+            seen += x.shape[0] * self.world
+            if not sync:
+                continue
+            if not self._finite_step(loss_acc / max(n_acc, 1)):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss_acc, n_acc = 0.0, 0
+                continue
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                dt = time.perf_counter() - t0
+                row = {"type": "train", "step": self.step, "epoch": epoch, "loss": loss_acc / max(n_acc, 1),
+                       "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": seen / max(dt, 1e-9)}
+                self.log(row)
+                bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{row['lr']:.2e}", ips=f"{row['img_per_s']:.2f}")
+                t0, seen = time.perf_counter(), 0
+            loss_acc, n_acc = 0.0, 0
+            if cfg.val_every_iters and self.step % cfg.val_every_iters == 0 and self.val_set is not None:
+                self._validate_and_track(epoch)
+            if self.step % cfg.checkpoint_every == 0:
+                self.save(epoch, micro)
+            if self.step >= self.total_steps:
+                return "done"
+            if stop.signum is not None:
+                self.save(epoch, micro)
+                name = signal.Signals(stop.signum).name
+                self.log({"type": "interrupted", "step": self.step, "signal": name})
+                tqdm_write(f"{name}: checkpoint saved at step {self.step}; continue with "
+                           f"`fcnseg train --resume {self.run_dir}`")
+                return "interrupted"
+        return "epoch"
+
+    def _loss(self, out: Any, y: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        common = dict(ignore_index=255, weight=self.weight, normalize=cfg.loss_normalize,
+                      label_smoothing=cfg.label_smoothing)
+        if isinstance(out, dict):
+            raise UserError("multi-head models need per-head labels; use a multi-task data set")
+        if cfg.loss_sampling_p > 0:
+            from ..sampling import loss_sampling_mask
+
+            stride = getattr(self.model, "output_stride", 32)
+            keep = loss_sampling_mask(tuple(y.shape), stride, cfg.loss_sampling_p).to(y.device)
+            loss = segmentation_loss(out, y, pixel_mask=keep, **common)
+            return loss if cfg.loss_normalize else loss / (1 - cfg.loss_sampling_p)
+        return segmentation_loss(out, y, **common)
+
+    def _finite_step(self, loss_value: float) -> bool:
+        if math.isfinite(loss_value):
+            return True
+        msg = f"non-finite loss ({loss_value}) at step {self.step + 1}"
+        if self.cfg.nan_policy == "skip":
+            self.log({"type": "skipped", "step": self.step + 1, "loss": str(loss_value)})
+            tqdm_write(msg + ": batch skipped")
+            return False
+        self.log({"type": "nan", "step": self.step + 1, "loss": str(loss_value)})
+        raise UserError(msg + "; training stopped (lower the lr, or set nan_policy: skip). "
+                        f"The last checkpoint is in {self.run_dir}")
+
+
+def tqdm_write(msg: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
+def _yaml_dump(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _read_state(path: str) -> dict[str, torch.Tensor]:
+    """A model state dict from a training checkpoint or a weights file (for --init-from)."""
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        from ..weights import load_weights
+
+        return load_weights(p)[0]
+    return load_checkpoint(p)["model"]
+
+
+def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its last checkpoint."""
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "last.pt"
+    if not ckpt.is_file():
+        raise UserError(f"{run_dir}: no last.pt checkpoint to resume from")
+    state = load_checkpoint(ckpt)
+    data = dict(state["config"])
+    for key, value in (overrides or {}).items():
+        if key not in RESUMABLE_OVERRIDES and data.get(key) != value:
+            raise UserError(f"option {key} cannot change on --resume (it would change the run); "
+                            f"allowed: {', '.join(sorted(RESUMABLE_OVERRIDES))}")
+        data[key] = value
+    data["run_dir"] = str(run_dir)
+    cfg = TrainConfig.from_dict(data, str(ckpt))
+    return Trainer(cfg, resume_state=state).fit()

@@ -1,0 +1,195 @@
+"""``fcnseg eval`` end to end on real CamVid val images, the evaluation loop, and bad-input exits."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from fcnseg.cli.main import main
+from fcnseg.data import get_dataset
+from fcnseg.evaluate import evaluate
+from fcnseg.metrics import ConfusionMatrix
+
+CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+pytestmark = pytest.mark.skipif(not (CAMVID / "val.txt").is_file(), reason="shared CamVid data not present")
+
+
+@pytest.fixture()
+def small_camvid(tmp_path) -> Path:
+    """Three real val images, listed with SegNet-style absolute paths that must be resolved."""
+    root = tmp_path / "camvid"
+    (root / "val").mkdir(parents=True)
+    (root / "valannot").mkdir()
+    lines = []
+    for ln in (CAMVID / "val.txt").read_text().splitlines()[:3]:
+        img, lab = ln.split()
+        shutil.copy(CAMVID / img, root / img)
+        shutil.copy(CAMVID / lab, root / lab)
+        lines.append(f"/SegNet/CamVid/{img} /SegNet/CamVid/{lab}")
+    (root / "val.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def label_histogram(root: Path) -> np.ndarray:
+    ds = get_dataset("camvid", root, "val")
+    counts = np.zeros(11, np.int64)
+    for i in range(len(ds)):
+        lab = ds[i]["label"]
+        counts += np.bincount(lab[lab != 255], minlength=11)
+    return counts
+
+
+def test_eval_untrained_end_to_end(small_camvid, tmp_path, capsys):
+    out_json, out_png = tmp_path / "r" / "scores.json", tmp_path / "cm.png"
+    rc = main(["eval", "--model", "fcn32s_lite0", "--dataset", "camvid", "--root", str(small_camvid),
+               "--split", "val", "--json", str(out_json), "--confusion", str(out_png), "--quiet",
+               "--device", "cpu"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for word in ("pixel acc", "mean acc", "mean IoU", "fw IoU", "Sky", "Bicyclist", "3 images"):
+        assert word in out
+    data = json.loads(out_json.read_text())
+    assert {"pixel_acc", "mean_acc", "mean_iou", "fw_iou", "per_class", "confusion", "images",
+            "skipped"} <= set(data)
+    assert data["images"] == 3 and data["skipped"] == 0
+    assert [c["class"] for c in data["per_class"]][:2] == ["Sky", "Building"]
+    # an untrained FCN has zero score layers, so it predicts class 0 everywhere: the scores are
+    # then fixed by the ground truth alone, which checks the whole pipeline independently
+    hist = label_histogram(small_camvid)
+    conf = np.array(data["confusion"])
+    assert np.array_equal(conf[:, 0], hist) and conf[:, 1:].sum() == 0
+    assert data["pixel_acc"] == pytest.approx(hist[0] / hist.sum())
+    assert data["mean_acc"] == pytest.approx(1 / 11 if hist.all() else 1 / (hist > 0).sum())
+    assert 0 <= data["mean_iou"] <= 1
+    assert out_png.stat().st_size > 1000 and out_png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_weights_and_checkpoint_files(small_camvid, tmp_path, capsys):
+    from fcnseg.models import get_model
+    from fcnseg.weights import save_weights
+
+    torch.manual_seed(1)
+    model = get_model("fcn32s_lite0", num_classes=11)
+    nn.init.normal_(model.score_fr.weight, std=0.05)  # a model that predicts more than one class
+    meta = {"model": "fcn32s_lite0", "num_classes": 11, "normalization": "imagenet", "options": {},
+            "dataset": "camvid"}
+    wpath = save_weights(model.state_dict(), tmp_path / "m.safetensors", meta)
+    ds = get_dataset("camvid", small_camvid, "val")
+    expected = evaluate(model, ds, progress=False).to_dict()
+    # --dataset comes from the weights' metadata
+    rc = main(["eval", "--model", str(wpath), "--root", str(small_camvid), "--json", str(tmp_path / "a.json"),
+               "--quiet", "--batch-size", "2"])
+    assert rc == 0
+    got = json.loads((tmp_path / "a.json").read_text())
+    assert got["confusion"] == expected["confusion"]
+    assert len({c for c in range(11) if np.array(got["confusion"])[:, c].sum() > 0}) > 1
+
+    ckpt_mod = pytest.importorskip("fcnseg.training.checkpoint")
+    ckpt = ckpt_mod.save_checkpoint({"model": model.state_dict(), "config": {"model": "fcn32s_lite0",
+                                     "num_classes": 11, "dataset": "camvid", "model_options": {}}},
+                                    tmp_path / "last.pt")
+    rc = main(["eval", "--model", str(ckpt), "--dataset", "camvid", "--root", str(small_camvid),
+               "--json", str(tmp_path / "b.json"), "--quiet"])
+    assert rc == 0
+    assert json.loads((tmp_path / "b.json").read_text())["confusion"] == expected["confusion"]
+
+
+def test_evaluate_batching_flip_and_limit(small_camvid):
+    torch.manual_seed(2)
+    from fcnseg.models import get_model
+
+    model = get_model("fcn32s_lite0", num_classes=11)
+    nn.init.normal_(model.score_fr.weight, std=0.05)
+    ds = get_dataset("camvid", small_camvid, "val")
+    one = evaluate(model, ds, progress=False, batch_size=1)
+    two = evaluate(model, ds, progress=False, batch_size=2)
+    assert np.array_equal(one.confusion.numpy(), two.confusion.numpy())
+    assert one.confusion.total == label_histogram(small_camvid).sum()
+    flipped = evaluate(model, ds, progress=False, flip=True, limit=1)
+    assert flipped.num_images == 1
+    assert ds.transform is None  # evaluate did not change the caller's data set
+
+
+class ConstantHeads(nn.Module):
+    """Predicts class 1 of the semantic head and class 2 of the geometric head everywhere."""
+
+    main_head = "sem"
+    num_classes = 33
+    normalization = "caffe"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        sem = torch.zeros(n, 33, h, w)
+        sem[:, 1] = 1
+        geo = torch.zeros(n, 3, h, w)
+        geo[:, 2] = 1
+        return {"sem": sem + self.dummy, "geo": geo}
+
+
+def test_evaluate_scores_extra_heads(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    from fcnseg.data.siftflow import SUBDIR
+
+    for d in ("Images", "SemanticLabels", "GeoLabels"):
+        (tmp_path / d / SUBDIR).mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "Images" / SUBDIR / "a.jpg")
+    sem = np.full((8, 8), 2.0)
+    sem[0] = 0  # void
+    geo = np.full((8, 8), 3, np.int32)
+    geo[:4] = 1
+    scipy_io.savemat(tmp_path / "SemanticLabels" / SUBDIR / "a.mat", {"S": sem})
+    scipy_io.savemat(tmp_path / "GeoLabels" / SUBDIR / "a.mat", {"S": geo})
+    (tmp_path / "test.txt").write_text("a\n")
+    res = evaluate(ConstantHeads(), get_dataset("siftflow", tmp_path, "test"), progress=False)
+    assert res.confusion.numpy()[1, 1] == 56 and res.confusion.total == 56
+    geo_cm, names = res.heads["geo"]
+    assert names == ["sky", "horizontal", "vertical"]
+    assert geo_cm.numpy()[2, 2] == 32 and geo_cm.numpy()[0, 2] == 32
+    assert res.to_dict()["heads"]["geo"]["pixel_acc"] == pytest.approx(0.5)
+
+
+def test_bad_input_exit_codes(small_camvid, tmp_path, capsys):
+    base = ["eval", "--model", "fcn32s_lite0", "--dataset", "camvid", "--quiet"]
+    assert main(base + ["--root", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: CamVid root folder not found" in capsys.readouterr().err
+    assert main(base + ["--root", str(small_camvid), "--split", "test"]) == 2
+    assert "test.txt: CamVid split list not found" in capsys.readouterr().err
+    assert main(["eval", "--model", "no_such_model", "--dataset", "camvid", "--root", str(small_camvid)]) == 2
+    assert "unknown model 'no_such_model'" in capsys.readouterr().err
+    assert main(base + ["--root", str(small_camvid), "--dataset", "nope"]) == 2
+    assert "unknown dataset 'nope'" in capsys.readouterr().err
+
+    # a corrupt image and an empty list
+    bad = sorted((small_camvid / "val").iterdir())[1]
+    bad.write_bytes(b"\xff\xd8 truncated")
+    (small_camvid / "empty.txt").write_text("")
+    assert main(base + ["--root", str(small_camvid), "--split", "empty"]) == 2
+    assert "empty.txt: split list is empty" in capsys.readouterr().err
+    assert main(base + ["--root", str(small_camvid)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad.name}: unreadable image" in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    assert main(base + ["--root", str(small_camvid), "--skip-bad", "--json", str(tmp_path / "s.json")]) == 0
+    assert "skipped 1 of 3 images" in capsys.readouterr().err
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["images"] == 2 and data["skipped"] == 1 and bad.name in data["skipped_files"][0]
+
+    # a weights file for another class count
+    from fcnseg.models import get_model
+    from fcnseg.weights import save_weights
+
+    w = save_weights(get_model("fcn32s_lite0", num_classes=21).state_dict(), tmp_path / "voc.safetensors",
+                     {"model": "fcn32s_lite0", "num_classes": 21})
+    assert main(base + ["--root", str(small_camvid), "--model", str(w)]) == 2
+    assert "predicts 21 classes but the data set has 11" in capsys.readouterr().err
+    assert main(base + ["--root", str(small_camvid), "--confusion", str(tmp_path / "cm.txt")]) == 2
+    assert "--confusion must end in" in capsys.readouterr().err
