@@ -125,3 +125,12 @@ def test_real_camvid_files():
     s = ds[0]
     assert s["image"].shape == (3, 360, 480) and s["label"].dtype == torch.int64
     assert tuple(PALETTE[3]) == (128, 64, 128)  # Road
+
+
+def test_unknown_dataset_and_option(tmp_path):
+    write_camvid(tmp_path)
+    with pytest.raises(UserError, match="unknown dataset 'kitti'"):
+        get_dataset("kitti", tmp_path, "train")
+    with pytest.raises(UserError, match="unknown option 'year' for dataset 'camvid'; expected one of: skip_bad"):
+        get_dataset("camvid", tmp_path, "train", year=2012)
+    assert len(get_dataset("CamVid", tmp_path, "train")) == 3

@@ -135,3 +135,16 @@ def test_siftflow_geo_out_of_range(tmp_path):
     scipy_io.savemat(tmp_path / "GeoLabels" / SUBDIR / "a.mat", {"S": np.full((16, 16), 5, np.int32)})
     with pytest.raises(UserError, match=r"GeoLabels/.*a\.mat: label value 4 out of range; expected 0\.\.2"):
         get_dataset("siftflow", tmp_path, "trainval")[0]
+
+
+def test_reference_means(tmp_path):
+    from fcnseg.data.nyud import MEAN_BGR
+    from fcnseg.preprocess import normalize
+
+    write_nyud(tmp_path, ids=("1",))
+    ds = get_dataset("nyud", tmp_path, "train")
+    norm = ds.reference_normalization("caffe")
+    assert norm.mean == MEAN_BGR and norm.bgr
+    assert ds.reference_normalization("imagenet").name == "imagenet"
+    px = np.array([[[92, 97, 116]]], np.uint8)  # RGB of the (rounded) BGR mean
+    assert normalize(px, norm).abs().max() < 0.5

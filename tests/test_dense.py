@@ -198,3 +198,21 @@ def test_shift_and_stitch_accepts_a_trunk_returning_taps():
     x = torch.randn(1, 2, 20, 20, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(shift_and_stitch(trunk, x, 2), shift_and_stitch(net, x, 2))
+
+
+@pytest.mark.slow
+def test_rarefied_vgg16_trunk_equals_original_at_sampling_positions():
+    """The real VGG16 trunk (pad 100, ceil-mode pools, 7x7 fc6): rarefy pool4 and pool5."""
+    from fcnseg.models.geometry import layer_specs, receptive_field
+    from fcnseg.models.vgg import VGG16Trunk
+
+    net = VGG16Trunk().eval()
+    x = torch.randn(1, 3, 37, 45)
+    with torch.no_grad():
+        ref = net(x)
+        dense = rarefy(rarefy(net, "features.23", 2), "features.30", 2)
+        out = dense(x)
+    torch.testing.assert_close(out["out"][..., ::4, ::4], ref["out"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out["pool4"][..., ::2, ::2], ref["pool4"])
+    torch.testing.assert_close(out["pool3"], ref["pool3"])
+    assert receptive_field(list(layer_specs(dense))) == 404

@@ -14,7 +14,6 @@ from torch import nn
 from fcnseg.cli.main import main
 from fcnseg.data import get_dataset
 from fcnseg.evaluate import evaluate
-from fcnseg.metrics import ConfusionMatrix
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 pytestmark = pytest.mark.skipif(not (CAMVID / "val.txt").is_file(), reason="shared CamVid data not present")

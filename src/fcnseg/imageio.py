@@ -95,7 +95,7 @@ def pil_to_rgb(im, name: str = "image") -> np.ndarray:
         pass
     mode = im.mode
     if mode == "RGB":
-        arr = np.asarray(im, dtype=np.uint8)
+        arr = np.array(im, dtype=np.uint8)  # a writable copy, not a view of PIL's buffer
     elif mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         raw = np.asarray(im)
         if mode == "I":
@@ -106,18 +106,18 @@ def pil_to_rgb(im, name: str = "image") -> np.ndarray:
         raise UserError(f"{name}: floating-point image (mode F) has no defined 8-bit range; "
                         "save it as 8- or 16-bit")
     elif mode == "CMYK":
-        arr = np.asarray(_cmyk_to_rgb(im), dtype=np.uint8)
+        arr = np.array(_cmyk_to_rgb(im), dtype=np.uint8)
     elif mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in im.info) \
             or (mode in ("L", "RGB") and "transparency" in im.info):
         rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
         if mode in ("La", "RGBa"):  # already premultiplied
-            arr = rgba[:, :, :3]
+            arr = rgba[:, :, :3].copy()
         else:
             alpha = rgba[:, :, 3:4].astype(np.uint16)
             arr = ((rgba[:, :, :3].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
     else:  # L, 1, P, YCbCr, LAB, HSV, ...
         try:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            arr = np.array(im.convert("RGB"), dtype=np.uint8)
         except (ValueError, OSError) as exc:
             raise UserError(f"{name}: cannot convert image mode {mode} to RGB ({exc})") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:

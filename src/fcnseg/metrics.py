@@ -89,22 +89,20 @@ class ConfusionMatrix:
         p = p.to(self.mat.device)
         t = t.to(self.mat.device)
         k = self.num_classes
-        if self.ignore_index is not None:
-            keep = t != self.ignore_index
-            if not bool(keep.all()):
-                p, t = p[keep], t[keep]
-        if t.numel() == 0:
-            return
-        tmin, tmax = int(t.min()), int(t.max())
-        if tmin < 0 or tmax >= k:
-            bad = tmax if tmax >= k else tmin
-            raise UserError(f"label value {bad} is out of range: expected 0..{k - 1} "
+        # no boolean compaction (slow on CPU): ignored pixels go to one spare bin that is dropped
+        valid = t != self.ignore_index if self.ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+        bad = valid & ((t < 0) | (t >= k))
+        if bool(bad.any()):
+            v = int(t[bad][0])
+            raise UserError(f"label value {v} is out of range: expected 0..{k - 1} "
                             f"or the ignore index {self.ignore_index}")
-        pmin, pmax = int(p.min()), int(p.max())
-        if pmin < 0 or pmax >= k:
-            raise ValueError(f"predicted class {pmax if pmax >= k else pmin} is out of range 0..{k - 1}")
-        counts = torch.bincount(t * k + p, minlength=k * k)
-        self.mat += counts.view(k, k)
+        if p.numel():
+            pmin, pmax = int(p.min()), int(p.max())
+            if pmin < 0 or pmax >= k:
+                raise ValueError(f"predicted class {pmax if pmax >= k else pmin} is out of range 0..{k - 1}")
+        idx = torch.where(valid, t * k + p, k * k)
+        counts = torch.bincount(idx, minlength=k * k + 1)
+        self.mat += counts[: k * k].view(k, k)
 
     def reset(self) -> None:
         """Zero the counts (start a new split)."""

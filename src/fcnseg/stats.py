@@ -25,7 +25,8 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["DatasetStats", "compute_stats", "class_frequencies", "median_frequency_weights"]
+__all__ = ["DatasetStats", "compute_stats", "class_frequencies", "median_frequency_weights",
+           "iter_labels"]
 
 
 @dataclass
@@ -132,8 +133,9 @@ class DatasetStats:
         return out
 
 
-def _labels(dataset: Any) -> Iterable[np.ndarray]:
-    """The labels of a data set, untransformed where the data set allows it."""
+def iter_labels(dataset: Any) -> Iterable[np.ndarray]:
+    """The labels of a data set as numpy arrays, untransformed where the data set allows it
+    (``load_raw``); a ``skip_bad`` data set's broken samples are skipped."""
     raw = getattr(dataset, "load_raw", None)
     for i in range(len(dataset)):
         sample = raw(i) if callable(raw) else dataset[i]
@@ -156,7 +158,7 @@ def compute_stats(dataset: Any, progress: bool = False) -> DatasetStats:
     k = len(names)
     stats = DatasetStats(names, ignore, pixel_counts=np.zeros(k + 1, np.int64),
                          images_with=np.zeros(k + 1, np.int64), present_pixels=np.zeros(k + 1, np.int64))
-    labels = _labels(dataset)
+    labels = iter_labels(dataset)
     if progress:
         from tqdm import tqdm
 

@@ -3,7 +3,9 @@
 * :func:`convolutionalize` turns an ImageNet classifier's fully connected layers
   into the fc6/fc7 convolutions of an FCN trunk (the paper's starting point).
 * :func:`transplant` copies a coarser FCN into a finer one (32s -> 16s -> 8s, the
-  staged training), leaving the new, zero-initialised skip score layers alone.
+  staged training), leaving the new, zero-initialised skip score layers alone; it
+  also puts an RGB net into an RGB-D one (conv1 widened) or into one stream of a
+  late-fusion net (``prefix``).
 * :func:`change_num_classes` keeps a trunk and re-makes the class-dependent layers.
 * :func:`expand_input_channels_weight` / :func:`add_input_channels` give a first
   convolution more input channels (RGB -> RGB-D); the new channels' filters are the
@@ -43,7 +45,7 @@ from .models.layers import Upscore, bilinear_init_, bilinear_kernel, zero_init_
 
 __all__ = [
     "TransplantReport", "add_input_channels", "bilinear_init_", "bilinear_kernel", "change_num_classes",
-    "convolutionalize", "expand_input_channels_weight", "transplant",
+    "convolutionalize", "expand_input_channels_weight", "find_first_conv", "transplant",
 ]
 
 Arch = Literal["vgg16", "alexnet"]
@@ -151,32 +153,50 @@ class TransplantReport:
     """What :func:`transplant` did, by target parameter/buffer name."""
 
     copied: list[str] = field(default_factory=list)
+    expanded: list[str] = field(default_factory=list)  # first conv widened (RGB net -> RGB-D net)
     shape_mismatch: list[str] = field(default_factory=list)  # same name, other shape: left as is
     untouched: list[str] = field(default_factory=list)  # not in the source: left as is
 
 
 def transplant(source: nn.Module | Mapping[str, Tensor], target: nn.Module, *,
-               prefix: str = "") -> TransplantReport:
+               prefix: str = "", expand_inputs: bool = True) -> TransplantReport:
     """Copy every tensor of ``source`` whose name and shape match into ``target`` (in place).
 
     The staged training of the paper: FCN-32s -> FCN-16s -> FCN-8s. The finer net's
     new skip score layers keep their zero initialisation, its fixed bilinear
     upsamplers their bilinear weights. ``prefix`` is prepended to the source names,
     e.g. ``"streams.hha."`` to put a single-modality net into one stream of a
-    late-fusion net. See the module docstring for what the outputs then share.
+    late-fusion net. With ``expand_inputs`` the target's first convolution may have
+    more input channels than the source's (an RGB net into an RGB-D net): the extra
+    channels get the mean of the source filters (:func:`expand_input_channels_weight`),
+    as the reference early-fusion surgery. See the module docstring for what the
+    outputs then share.
     """
     src = source.state_dict() if isinstance(source, nn.Module) else dict(source)
     src = {prefix + k: v for k, v in src.items()}
+    first = ""
+    if expand_inputs:
+        try:
+            parent, name, _ = find_first_conv(target)
+        except UserError:  # no convolution at all: nothing to widen
+            pass
+        else:
+            paths = {id(m): p for p, m in target.named_modules()}
+            first = f"{paths[id(parent)]}.{name}.weight".lstrip(".")
     report = TransplantReport()
     with torch.no_grad():
         for name, tensor in target.state_dict(keep_vars=True).items():
             if name not in src:
                 report.untouched.append(name)
-            elif src[name].shape != tensor.shape:
-                report.shape_mismatch.append(name)
-            else:
+            elif src[name].shape == tensor.shape:
                 tensor.copy_(src[name])
                 report.copied.append(name)
+            elif (name == first and src[name].dim() == 4 and src[name].shape[1] < tensor.shape[1]
+                  and src[name].shape[0] == tensor.shape[0] and src[name].shape[2:] == tensor.shape[2:]):
+                tensor.copy_(expand_input_channels_weight(src[name], tensor.shape[1]))
+                report.expanded.append(name)
+            else:
+                report.shape_mismatch.append(name)
     return report
 
 
@@ -277,8 +297,9 @@ def expand_input_channels_weight(weight: Tensor, in_channels: int) -> Tensor:
     return torch.cat([weight, mean.expand(-1, in_channels - old, -1, -1)], dim=1).contiguous()
 
 
-def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
-    """(parent, attribute name, conv) of the first convolution of the model's trunk.
+def find_first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
+    """(parent, attribute name, conv) of the first convolution of the model's trunk (or of
+    its first stream, for a late-fusion model).
 
     Follows the first registered child from the trunk down (the input side of every
     fcnseg trunk: ``features.0``, ``features.conv1.0``, ``_conv_stem``).
@@ -301,7 +322,7 @@ def add_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
     (:func:`expand_input_channels_weight`). Works for every fcnseg trunk and for a
     bare trunk; for a late-fusion model pass the stream (``model.streams["hha"]``).
     """
-    parent, name, conv = _first_conv(model)
+    parent, name, conv = find_first_conv(model)
     new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                     padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
                     bias=conv.bias is not None, padding_mode=conv.padding_mode)

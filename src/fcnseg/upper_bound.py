@@ -22,12 +22,13 @@ reported as ``void_predicted``. Scores are the reference ones
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import UserError
 from .metrics import ConfusionMatrix
+from .stats import iter_labels
 
 __all__ = ["cell_centres", "downsample_labels", "upsample_labels", "reconstruct_labels",
            "upper_bound", "parse_factors"]
@@ -73,16 +74,6 @@ def parse_factors(text: str) -> list[int]:
     return factors
 
 
-def _labels(dataset: Any) -> Iterable[np.ndarray]:
-    raw = getattr(dataset, "load_raw", None)
-    for i in range(len(dataset)):
-        sample = raw(i) if callable(raw) else dataset[i]
-        if sample is None:
-            continue
-        label = sample["label"]
-        yield label.numpy() if hasattr(label, "numpy") else np.asarray(label)
-
-
 def upper_bound(dataset: Any, factors: Sequence[int], progress: bool = False) -> dict[int, dict[str, Any]]:
     """Scores of the ground truth reconstructed at each stride in ``factors``.
 
@@ -100,7 +91,7 @@ def upper_bound(dataset: Any, factors: Sequence[int], progress: bool = False) ->
     k = len(names)
     ignore = int(getattr(dataset, "ignore_index", 255))
     mats = {f: ConfusionMatrix(k + 1, ignore_index=ignore) for f in factors}
-    labels = _labels(dataset)
+    labels = iter_labels(dataset)
     if progress:
         from tqdm import tqdm
 

@@ -98,17 +98,23 @@ def _palette_array(palette: np.ndarray | Sequence) -> np.ndarray:
     return pal
 
 
+def _lut(pal: np.ndarray, size: int, ignore_color: Sequence[int]) -> np.ndarray:
+    lut = np.empty((size, 3), np.uint8)
+    lut[:] = ignore_color
+    lut[: min(len(pal), size)] = pal[:size]
+    return lut
+
+
 def colorize(label: np.ndarray, palette: np.ndarray | Sequence, ignore_color: Sequence[int] = IGNORE_COLOR) -> np.ndarray:
     """Class-index map ``H x W`` -> RGB ``H x W x 3``; indices outside the palette get ``ignore_color``."""
     pal = _palette_array(palette)
     label = np.asarray(label)
     if label.ndim != 2:
         raise ValueError(f"label must be H x W, got shape {label.shape}")
-    lut = np.zeros((max(len(pal), 1) + 1, 3), np.uint8)
-    lut[: len(pal)] = pal
-    lut[-1] = ignore_color
-    idx = label.astype(np.int64, copy=False)
-    idx = np.where((idx < 0) | (idx >= len(pal)), len(lut) - 1, idx)
+    if label.dtype == np.uint8:  # index a 256-entry table directly: no wide copy of a huge map
+        return _lut(pal, 256, ignore_color)[label]
+    lut = _lut(pal, len(pal) + 1, ignore_color)
+    idx = np.where((label < 0) | (label >= len(pal)), len(pal), label).astype(np.intp, copy=False)
     return lut[idx]
 
 
@@ -116,6 +122,7 @@ def overlay(image: np.ndarray, label: np.ndarray, palette: np.ndarray | Sequence
     """The image with the class colours blended in: ``(1 - alpha) * image + alpha * colour``.
 
     Pixels whose label is outside the palette (ignore / void) show the bare image.
+    Works in bands of rows so that a huge image needs little extra memory.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -124,13 +131,18 @@ def overlay(image: np.ndarray, label: np.ndarray, palette: np.ndarray | Sequence
     if image.shape[:2] != label.shape:
         raise ValueError(f"image {image.shape[:2]} and label {label.shape} differ in size")
     pal = _palette_array(palette)
-    colour = colorize(label, pal).astype(np.float32)
-    img = image.astype(np.float32)
-    out = img * (1.0 - alpha) + colour * alpha
-    invalid = (label < 0) | (label >= len(pal))
-    if invalid.any():
-        out[invalid] = img[invalid]
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    out = np.empty(image.shape[:2] + (3,), np.uint8)
+    band = max(1, (1 << 20) // max(1, label.shape[1]))
+    for y in range(0, label.shape[0], band):
+        lab = label[y:y + band]
+        img = image[y:y + band].astype(np.float32)
+        blend = img * (1.0 - alpha) + colorize(lab, pal).astype(np.float32) * alpha
+        invalid = (lab < 0) | (lab >= len(pal))
+        if invalid.any():
+            blend[invalid] = img[invalid]
+        np.clip(np.round(blend), 0, 255, out=blend)
+        out[y:y + band] = blend
+    return out
 
 
 # --------------------------------------------------------------------------- text and layout

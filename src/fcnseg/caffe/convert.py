@@ -33,7 +33,7 @@ from ..models import get_model, model_spec
 from ..preprocess import get_normalization
 from ..weights import save_weights
 from .caffemodel import Blob, CaffeLayer, read_caffemodel, write_caffemodel
-from .net import copy_blob
+from .net import Net, copy_blob
 
 HEAD_PREFIXES = ("score", "upscore", "scale_")  # FCN head layers: absent from classifiers
 CLASSIFIER_DROPPED = ("fc8",)  # the ImageNet classifier layer an FCN replaces
@@ -66,6 +66,7 @@ class ConversionReport:
     convolutionalized: list[str] = field(default_factory=list)  # "fc6: 4096x25088 -> 4096x512x7x7"
     dropped: list[str] = field(default_factory=list)  # classifier fc8
     kept_init: list[str] = field(default_factory=list)  # head layers at fcnseg's init (classifier)
+    verified: float | None = None  # relative score difference to a reference prototxt, if checked
 
     def lines(self) -> list[str]:
         kind = "ImageNet classifier" if self.classifier else "FCN"
@@ -77,6 +78,8 @@ class ConversionReport:
             out.append(f"dropped (classifier output layer): {', '.join(self.dropped)}")
         if self.kept_init:
             out.append(f"kept at fcnseg init (zero scores, bilinear upsampling): {', '.join(self.kept_init)}")
+        if self.verified is not None:
+            out.append(f"verified against the prototxt: relative score difference {self.verified:.2e}")
         return out
 
 
@@ -220,14 +223,55 @@ def conversion_meta(model: nn.Module, report: ConversionReport, normalization: s
     return meta
 
 
+VERIFY_TOLERANCE = 1e-4
+
+
 def convert_to_file(caffemodel: str | Path, arch: str, out: str | Path, num_classes: int | None = None, *,
-                    normalization: str | None = None, class_names: list[str] | None = None
-                    ) -> ConversionReport:
-    """Convert and write an fcnseg weights file (safetensors + metadata)."""
+                    normalization: str | None = None, class_names: list[str] | None = None,
+                    verify: str | Path | None = None) -> ConversionReport:
+    """Convert and write an fcnseg weights file (safetensors + metadata).
+
+    With ``verify`` (a net prototxt), the converted model must reproduce that net's
+    scores on a random input (relative difference <= 1e-4) before anything is written.
+    """
     model, report = convert_caffemodel(caffemodel, arch, num_classes)
     meta = conversion_meta(model, report, normalization, class_names)
+    if verify is not None:
+        report.verified = verify_against_prototxt(model, verify, caffemodel)
+        if report.verified > VERIFY_TOLERANCE:
+            raise UserError(f"{caffemodel}: the converted {arch} differs from {verify} by {report.verified:.2e} "
+                            f"(relative); expected <= {VERIFY_TOLERANCE:g}")
+        meta["source"]["verified_against"] = Path(verify).name
     save_weights(model.state_dict(), out, meta)
     return report
+
+
+def verify_against_prototxt(model: nn.Module, prototxt: str | Path, caffemodel: str | Path, *,
+                            size: tuple[int, int] = (67, 93), seed: int = 0) -> float:
+    """Run the reference definition (``Net(prototxt, caffemodel)``) and ``model`` on one
+    random input; return the relative difference of their scores (max |a - b| / max |b|).
+
+    This lets a user check a conversion of real weights against the reference prototxt.
+    Single-input, single-output nets only.
+    """
+    net = Net(prototxt, caffemodel).eval()
+    if len(net.inputs) != 1 or len(net.outputs) != 1:
+        raise UserError(f"{prototxt}: verification needs a net with one input and one output, this one has "
+                        f"inputs {net.inputs} and outputs {net.outputs}")
+    channels = net.channels.get(net.inputs[0]) or 3
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, channels, *size, generator=gen) * 50
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ref, ours = net(x), model(x)
+    finally:
+        model.train(was_training)
+    if not isinstance(ours, torch.Tensor) or not isinstance(ref, torch.Tensor) or ours.shape != ref.shape:
+        got = tuple(ours.shape) if isinstance(ours, torch.Tensor) else type(ours).__name__
+        raise UserError(f"{prototxt}: the net outputs {tuple(ref.shape)}, the model {got}; cannot compare")
+    return float((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
 
 
 # ---------------------------------------------------------------------------- the way back

@@ -279,7 +279,7 @@ class Net(nn.Module):
             cls = nn.Conv2d if kind == "Convolution" else nn.ConvTranspose2d
             # skip PyTorch's own init: the Caffe filler below decides the values
             conv = nn.utils.skip_init(cls, cin, out, kernel, stride=stride, padding=pad, dilation=dilation,
-                                      groups=group, bias=bias)
+                                      groups=group, bias=bias, device=_default_device())
             if name not in self._hints:  # else the caffemodel's values overwrite them anyway
                 fill_(conv.weight, p.get("weight_filler"))
                 if conv.bias is not None:
@@ -339,8 +339,10 @@ class Net(nn.Module):
         if kind == "Concat":
             p = layer.get("concat_param", {})
             axis = int(p["axis"]) if "axis" in p else int(p.get("concat_dim", 1))
-            chans = [self.channels.get(b) for b in bottoms]
-            ch = (sum(chans) if None not in chans else None) if axis in (1, -3) else chans[0]  # type: ignore
+            if axis in (1, -3):
+                ch: int | None = sum(self._in_channels(b, name, kind, 1) for b in bottoms)
+            else:
+                ch = self.channels.get(bottoms[0])
             return Concat(axis), [ch]
         if kind == "Scale":
             p = layer.get("scale_param", {})
@@ -486,6 +488,12 @@ class Net(nn.Module):
     @property
     def layer_names(self) -> list[str]:
         return [s.name for s in self._steps]
+
+
+def _default_device() -> torch.device:
+    """The device of ``with torch.device(...)`` (torch >= 2.3), so a Net can be built on ``meta``."""
+    getter = getattr(torch, "get_default_device", None)
+    return getter() if getter is not None else torch.device("cpu")
 
 
 def _blob_params(module: nn.Module) -> list[nn.Parameter]:

@@ -58,6 +58,9 @@ class CaffePool2d(nn.Module):
         else:
             kernel, stride, pad = self.kernel, self.stride, self.pad
         out = [caffe_pooled_size(s, k, st, p) for s, k, st, p in zip((h, w), kernel, stride, pad)]
+        if min(out) < 1:
+            raise UserError(f"pooling: a {h}x{w} input is smaller than the {kernel[0]}x{kernel[1]} kernel "
+                            f"(pad {pad[0]}x{pad[1]}); Caffe would output an empty blob")
         # pad (or crop, if negative) so that the plain windows of a valid pooling are Caffe's
         extra = [(o - 1) * st + k - p - s for o, st, k, p, s in zip(out, stride, kernel, pad, (h, w))]
         padding = (pad[1], extra[1], pad[0], extra[0])
@@ -68,8 +71,9 @@ class CaffePool2d(nn.Module):
         xp = F.pad(x, padding, value=0.0)
         summed = F.avg_pool2d(xp, kernel, stride, divisor_override=1)
         # divisor: window clipped to [-pad, size + pad), i.e. padding counts, overhang not
+        # (a window wholly past the padding divides 0 by 0, as Caffe does)
         div = [torch.tensor([min(o * st - p + k, s + p) - (o * st - p) for o in range(n)],
-                            dtype=x.dtype, device=x.device).clamp_min(1)
+                            dtype=x.dtype, device=x.device)
                for n, st, p, k, s in zip(out, stride, pad, kernel, (h, w))]
         return summed / (div[0][:, None] * div[1][None, :])
 
@@ -278,7 +282,7 @@ def fill_(tensor: Tensor, filler: dict[str, Any] | None, default: str = "constan
                 raise UserError(f"bilinear filler needs a square 4-D blob, got {tuple(tensor.shape)}")
             k = tensor.shape[3]
             factor = math.ceil(k / 2)
-            center = (2 * factor - 1 - factor % 2) / (2.0 * factor)
+            center = (k - 1) / (2.0 * factor)  # BVLC master; symmetric for odd k too
             og = torch.arange(k, dtype=torch.float64)
             filt = 1 - (og / factor - center).abs()
             tensor.copy_((filt[:, None] * filt[None, :]).expand_as(tensor))

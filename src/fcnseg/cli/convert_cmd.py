@@ -24,6 +24,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "BGR, 0..255, minus the reference mean)")
     p.add_argument("--class-names", type=Path, default=None,
                    help="text file with one class name per line, recorded in the weights file")
+    p.add_argument("--verify", type=Path, default=None, metavar="PROTOTXT",
+                   help="also run this reference net prototxt (e.g. voc-fcn8s/deploy.prototxt) with the caffemodel "
+                        "and require the converted model to give the same scores on a random input")
     p.add_argument("--list", action="store_true",
                    help="only list the caffemodel's layers (name, type, blob shapes) and exit")
     return p
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--num-classes must be >= 1, got {args.num_classes}")
     names = _read_class_names(args.class_names) if args.class_names else None
     report = convert_to_file(args.caffemodel, args.arch, args.out, args.num_classes,
-                             normalization=args.normalization, class_names=names)
+                             normalization=args.normalization, class_names=names, verify=args.verify)
     for line in report.lines():
         print(line)
     print(f"wrote {args.out}")

@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     tile = _parse_tile(args.tile)
     tta = parse_tta(args.tta)
     jobs = collect_image_jobs(args.inputs)
+    existed = args.out.expanduser().exists()
     out = _check_out_dir(args.out)
     explicit = {str(Path(s).expanduser()) for s in args.inputs}
     jobs = [(p, s) for p, s in jobs if str(p) in explicit or not _within(p, out)]  # never re-read our outputs
@@ -168,8 +169,16 @@ def run(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load_model(args.model, device=args.device, num_classes=args.num_classes, backend=args.backend,
-                           tile=tile, overlap=args.overlap, tta=tta)
+        try:
+            model = load_model(args.model, device=args.device, num_classes=args.num_classes,
+                               backend=args.backend, tile=tile, overlap=args.overlap, tta=tta)
+        except UserError:
+            if not existed:  # leave no empty output folder behind
+                try:
+                    out.rmdir()
+                except OSError:
+                    pass
+            raise
     for w in caught:
         print(f"fcnseg predict: warning: {w.message}", file=sys.stderr)
 
@@ -226,24 +235,25 @@ def run(args: argparse.Namespace) -> int:
                         except Exception as exc:  # noqa: BLE001 - reported per file, the run goes on
                             fail(p, exc)
                             bar.update(1)
-            for p, s, im in large:  # tiled: probabilities go straight into a memory-mapped .npy
+            for p, s, im in large:  # tiled: probabilities go to the .npy band by band
+                tmp = None
                 try:
                     probs = None
                     if args.probs:
-                        from numpy.lib.format import open_memmap
+                        from ..inference.npywriter import NpyBandWriter
 
                         target = writer.paths(s)["probs"]
                         target.parent.mkdir(parents=True, exist_ok=True)
                         tmp = target.with_name(f".{target.name}.tmp")
-                        probs = open_memmap(tmp, mode="w+", dtype=np.float32,
-                                            shape=(model.num_classes, *im.shape[:2]))
+                        probs = NpyBandWriter(tmp, (model.num_classes, *im.shape[:2]))
                     lab = model.predict(im, probs_out=probs)
                     if probs is not None:
-                        probs.flush()
-                        del probs
+                        probs.close()
                         os.replace(tmp, target)
                     results.append((p, s, im, lab, None))
                 except Exception as exc:  # noqa: BLE001
+                    if tmp is not None:
+                        Path(tmp).unlink(missing_ok=True)
                     fail(p, exc)
                     bar.update(1)
             for p, s, im, lab, pr in results:

@@ -8,6 +8,7 @@ exist), class names, a palette and ``ignore_index`` 255.
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -49,7 +50,13 @@ def get_dataset(name: str, root: str | Path, split: str, transform: Any = None,
                 **kwargs: Any) -> SegmentationDataset:
     """Open data set ``name`` at ``root`` for ``split``; keywords go to the data set class
     (e.g. ``skip_bad=True``; ``year`` for VOC; ``modalities`` for NYUD; ``classes`` for folder)."""
-    return dataset_class(name)(root, split, transform=transform, **kwargs)
+    cls = dataset_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        valid = [k for k in params if k not in ("self", "root", "split", "transform")]
+        raise UserError(f"unknown option {unknown[0]!r} for dataset {cls.name!r}; expected one of: {', '.join(valid)}")
+    return cls(root, split, transform=transform, **kwargs)
 
 
 def collate(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:

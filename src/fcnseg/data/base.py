@@ -227,6 +227,16 @@ class SegmentationDataset(Dataset):
             sample.pop("rng", None)
         return sample
 
+    def reference_normalization(self, preset: str = "caffe") -> Any:
+        """The preset with this data set's own Caffe BGR mean where the reference nets used one
+        (NYUD, SIFT Flow), else ``preset`` unchanged."""
+        from ..preprocess import Normalization, get_normalization
+
+        norm = get_normalization(preset)
+        if self.mean_bgr is None or norm.name != "caffe":
+            return norm
+        return Normalization(f"caffe-{self.name}", True, 1.0, tuple(self.mean_bgr), (1.0, 1.0, 1.0))
+
     def describe(self) -> str:
         return f"{self.name} {self.split}: {len(self)} samples, {self.num_classes} classes"
 

@@ -83,10 +83,11 @@ class Segmenter:
         return t
 
     @property
-    def tile_margin(self) -> int:
-        """The context (pixels per side) each tile gets by default; see :mod:`fcnseg.inference.tiling`."""
-        return plan_tiles(1, 1, max(self._stride, 1), None, self._radius, self._stride,
-                          self.receptive_field).margin if self._radius is not None else -1
+    def tile_margin(self) -> int | None:
+        """Context (pixels per side) each tile gets by default (None: unknown geometry, tile/4 is used)."""
+        if self._radius is None:
+            return None
+        return plan_tiles(1, 1, self._stride, None, self._radius, self._stride, self.receptive_field).margin
 
     def tile_grid(self, height: int, width: int, tile: int | str | None = None,
                   overlap: int | None = None) -> TileGrid | None:
@@ -100,7 +101,7 @@ class Segmenter:
             return None
         ov = self.overlap if overlap is None else overlap
         grid = plan_tiles(height, width, int(t), ov, self._radius, self._stride, self.receptive_field)
-        return grid if len(grid) > 1 else None
+        return None if len(grid) <= 1 or grid.trivial else grid
 
     # ------------------------------------------------------------------ core
     def _batch_tensor(self, images: Sequence[np.ndarray]) -> Tensor:

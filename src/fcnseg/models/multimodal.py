@@ -61,11 +61,11 @@ class EarlyFusionFCN(FCN):
                  modalities: Mapping[str, int] = RGBD, caffe_first_layer_suffix: str = "_bgrd",
                  **fcn_options) -> None:
         super().__init__(backbone, num_classes, variant, **fcn_options)
-        from ..surgery import _first_conv, add_input_channels  # lazy: surgery imports fcnseg.models
+        from ..surgery import add_input_channels, find_first_conv  # lazy: surgery imports fcnseg.models
 
         self.modalities = dict(modalities)
         add_input_channels(self, sum(self.modalities.values()))
-        parent, name, _ = _first_conv(self)
+        parent, name, _ = find_first_conv(self)
         paths = {id(m): p for p, m in self.named_modules()}
         self._first_conv_path = f"{paths[id(parent)]}.{name}"
         self._caffe_first_suffix = caffe_first_layer_suffix
@@ -105,9 +105,9 @@ class LateFusionFCN(nn.Module):
         if set(weights) != set(trunks):
             raise ValueError(f"fusion_weights keys {sorted(weights)} != streams {sorted(trunks)}")
         self.fusion_weights = {m: float(weights[m]) for m in trunks}
-        from ..surgery import _first_conv  # lazy: surgery imports fcnseg.models
+        from ..surgery import find_first_conv  # lazy: surgery imports fcnseg.models
 
-        self.modalities = {m: _first_conv(s)[2].in_channels for m, s in self.streams.items()}
+        self.modalities = {m: find_first_conv(s)[2].in_channels for m, s in self.streams.items()}
         first = self._first
         self.num_classes = num_classes
         self.variant = first.variant

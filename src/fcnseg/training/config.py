@@ -71,7 +71,8 @@ class TrainConfig:
     channels_last: bool = _f(False, "channels-last memory format")
     device: str = _f("auto", "auto, cpu or cuda")
     threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)")
-    sync_bn: bool = _f(True, "convert BatchNorm to SyncBatchNorm under DDP")
+    sync_bn: bool = _f(True, "convert BatchNorm to SyncBatchNorm under DDP (CUDA only)")
+    freeze_bn: bool = _f(False, "keep BatchNorm statistics fixed (eval mode) while training; small batches")
     # bookkeeping
     run_dir: str = _f("runs/run", "output folder (checkpoints, logs)")
     seed: int = _f(0, "random seed (data order, augmentation, init)")

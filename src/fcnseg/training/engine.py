@@ -185,8 +185,13 @@ class Trainer:
         self.model = model
         self.ddp_model: nn.Module = model
         if self.world > 1:
-            if cfg.sync_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-                self.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+            if cfg.sync_bn and has_bn and not cfg.freeze_bn:
+                if self.device.type == "cuda":
+                    self.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                elif self.main:
+                    tqdm_write("warning: SyncBatchNorm needs CUDA; on CPU each process keeps its own "
+                               "BatchNorm batch statistics (set freeze_bn: true to make them identical)")
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
@@ -309,8 +314,15 @@ class Trainer:
             cm.update(logits.argmax(1).cpu(), sample["label"].unsqueeze(0))
         cm.all_reduce()
         if was_training:
-            model.train()
+            self._train_mode()
         return cm.compute()
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        if self.cfg.freeze_bn:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
@@ -412,7 +424,7 @@ class Trainer:
     def _run_epoch(self, epoch: int, start_micro: int, bar: Any, stop: _StopRequested) -> str:
         cfg = self.cfg
         model = self.ddp_model
-        model.train()
+        self._train_mode()
         accum = cfg.grad_accum
         micro_total = self.steps_per_epoch * accum
         micro = start_micro
@@ -480,12 +492,11 @@ class Trainer:
         if isinstance(out, dict):
             raise UserError("multi-head models need per-head labels; use a multi-task data set")
         if cfg.loss_sampling_p > 0:
-            from ..sampling import loss_sampling_mask
+            from ..sampling import sampled_loss
 
-            stride = getattr(self.model, "output_stride", 32)
-            keep = loss_sampling_mask(tuple(y.shape), stride, cfg.loss_sampling_p).to(y.device)
-            loss = segmentation_loss(out, y, pixel_mask=keep, **common)
-            return loss if cfg.loss_normalize else loss / (1 - cfg.loss_sampling_p)
+            # Unbiased patch sampling: kept cells rescaled by 1/(1-p) (see fcnseg.sampling).
+            return sampled_loss(out, y, cfg.loss_sampling_p, getattr(self.model, "output_stride", 32),
+                                ignore_index=255, weight=self.weight, normalize=cfg.loss_normalize)
         return segmentation_loss(out, y, **common)
 
     def _finite_step(self, loss_value: float) -> bool:

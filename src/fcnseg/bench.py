@@ -1,0 +1,424 @@
+"""Measured inference speed of a segmentation net, next to what the machine can do.
+
+One run of :func:`run_bench` reports, for a model at one input size:
+
+* GFLOPs per image counted from the layers (:mod:`fcnseg.complexity`) and parameters;
+* latency per batch (median, p10, p90 over timed repeats after warm-up), images/s and
+  the achieved GFLOP/s;
+* the machine's fp32 matrix-multiply rate measured in the same run with the same
+  thread count (a large GEMM through torch), and the achieved rate as a share of it;
+* peak memory: the process's resident set (CPU) or ``max_memory_allocated`` (CUDA);
+* with ``baseline=True``, a plain eager NCHW fp32 forward of the same network timed in
+  the same process, its repeats interleaved with the measured configuration's so that
+  background load hits both alike, and the speed-up.
+
+``end_to_end=True`` times the whole path from a decoded ``H x W x 3`` uint8 image to a
+``H x W`` label map: normalisation, forward and argmax, for both configurations.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import UserError
+
+__all__ = ["BenchConfig", "run_bench", "format_report", "measure_gemm_rate", "parse_size", "cpu_model_name"]
+
+
+@dataclass
+class BenchConfig:
+    model: str
+    size: tuple[int, int] = (500, 500)
+    batch: int = 1
+    device: str = "cpu"
+    dtype: str = "fp32"  # fp32 | fp16 | bf16 | int8
+    backend: str = "torch"  # torch | onnxruntime
+    channels_last: bool = True
+    optimize: bool = True  # fold BatchNorm + depthwise upsampling
+    freeze: bool = False  # TorchScript freeze + optimize_for_inference
+    compile: bool = False  # torch.compile (inductor, freezing)
+    baseline: bool = False
+    end_to_end: bool = False
+    warmup: int = 2
+    repeats: int = 10
+    threads: int | None = None
+    num_classes: int | None = None
+    gemm_size: int | None = None
+    calibration_batches: int = 4
+    seed: int = 0
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    min_ms: float
+    repeats: int
+    times_ms: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> "Timing":
+        ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+        p10, p50, p90 = np.percentile(ms, [10, 50, 90])
+        return cls(float(p50), float(p10), float(p90), float(ms.min()), len(ms), [round(float(t), 3) for t in ms])
+
+
+# --------------------------------------------------------------------------- small helpers
+def parse_size(text: str) -> tuple[int, int]:
+    """``"500x500"`` / ``"360x480"`` (height x width) or ``"64"`` -> ``(H, W)``."""
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise UserError(f"--size {text!r}: expected HxW, e.g. 500x500 or 360x480") from None
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) < 1:
+        raise UserError(f"--size {text!r}: expected HxW with positive integers, e.g. 360x480")
+    return nums[0], nums[1]
+
+
+def cpu_model_name() -> str:
+    """The CPU model as ``lscpu`` prints it ("Model name"), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def measure_gemm_rate(device: torch.device, size: int | None = None, repeats: int = 5) -> dict[str, float]:
+    """fp32 GFLOP/s of an ``n x n`` by ``n x n`` matrix multiply (torch, current thread count).
+
+    TF32 is switched off on CUDA so that the figure is a true fp32 rate. Returns the
+    median and best rate over ``repeats`` after one warm-up.
+    """
+    n = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    sync = _sync(device)
+    prev = torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        torch.mm(a, b)
+        sync()
+        rates = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            sync()
+            rates.append(2.0 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    finally:
+        if prev is not None:
+            torch.backends.cuda.matmul.allow_tf32 = prev
+    return {"n": n, "median_gflops": float(statistics.median(rates)), "best_gflops": float(max(rates))}
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set high-water mark of this process (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _fill_zero_layers(model: nn.Module, seed: int) -> int:
+    """Give an untrained FCN's all-zero score layers random weights.
+
+    The reference initialisation zeroes them, which makes every logit 0 and the
+    agreement check between configurations vacuous; the arithmetic (and so the
+    speed) is the same either way. Returns how many layers were filled.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    count = 0
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d) and not m.weight.any():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (1.0 / m.weight[0].numel()) ** 0.5)
+                count += 1
+    return count
+
+
+# --------------------------------------------------------------------------- runners
+def _plain_runner(model: nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """The baseline: the model as built, eager, NCHW, fp32."""
+    net = model.to(device).eval()
+
+    def run(x: Tensor) -> Tensor:
+        return net(x)
+
+    return run
+
+
+def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, threads: int,
+                    example: Tensor, workdir: Path) -> tuple[Callable[[Tensor], Tensor], str, bool]:
+    """The configuration under test: ``(runner, method description, wants channels-last input)``."""
+    from .fast import onnx_session, optimize_for_inference, quantize_int8
+
+    if cfg.dtype == "int8":
+        if device.type != "cpu":
+            raise UserError("--dtype int8 is a CPU path; use --device cpu")
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        calib = [torch.randn(example.shape, generator=gen) for _ in range(cfg.calibration_batches)]
+        q = quantize_int8(model, calib, backend=cfg.backend, threads=threads,
+                          out_path=workdir / "model_int8.onnx" if cfg.backend == "onnxruntime" else None)
+        return q, f"int8 static quantisation: {q.method}; calibration on random inputs (speed only)", False
+    if cfg.backend == "onnxruntime":
+        if device.type != "cpu":
+            raise UserError("--backend onnxruntime is benchmarked on the CPU here; use --device cpu")
+        if cfg.dtype != "fp32":
+            raise UserError(f"--backend onnxruntime supports --dtype fp32 or int8, not {cfg.dtype}")
+        from .export import export_onnx
+
+        net = optimize_for_inference(model, channels_last=False, fold_bn=cfg.optimize, depthwise=cfg.optimize)
+        path = export_onnx(net.eager_net, workdir / "model.onnx", example_size=tuple(example.shape[2:]))
+        session = onnx_session(path, threads)
+
+        def run_ort(x: Tensor) -> Tensor:
+            arr = x.numpy() if x.is_contiguous() else np.ascontiguousarray(x.numpy())
+            return torch.from_numpy(session.run(["logits"], {"input": arr})[0])
+
+        steps = f"{net.method}, " if net.steps else ""
+        return run_ort, f"onnxruntime CPU fp32 ({steps}exported to ONNX, graph optimisation ALL)", False
+    if cfg.dtype == "fp16" and device.type == "cpu":
+        raise UserError("--dtype fp16 is for --device cuda; on the CPU use bf16 or int8")
+    mode = "compile" if cfg.compile else ("jit" if cfg.freeze else "eager")
+    fast = optimize_for_inference(model.to(device), channels_last=cfg.channels_last, fold_bn=cfg.optimize,
+                                  depthwise=cfg.optimize, mode=mode, dtype=cfg.dtype, example_input=example)
+    return fast, f"torch {fast.method}", cfg.channels_last
+
+
+# --------------------------------------------------------------------------- the run
+def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Benchmark ``cfg.model`` as configured; returns every figure as a JSON-ready dict."""
+    from .complexity import count_flops, count_params
+    from .export import resolve_model
+    from .fast import cpu_has_vnni, default_threads, labels_from_logits, normalize_batch
+    from .inference import UntrainedModelWarning
+    from .preprocess import get_normalization, normalize
+
+    say = progress or (lambda _msg: None)
+    if cfg.batch < 1 or cfg.repeats < 1 or cfg.warmup < 0:
+        raise UserError("--batch and --repeats must be >= 1 and --warmup >= 0")
+    if cfg.dtype not in ("fp32", "fp16", "bf16", "int8"):
+        raise UserError(f"unknown --dtype {cfg.dtype!r}; expected fp32, fp16, bf16 or int8")
+    if cfg.backend not in ("torch", "onnxruntime"):
+        raise UserError(f"unknown --backend {cfg.backend!r}; expected torch or onnxruntime")
+    if cfg.end_to_end and cfg.batch != 1:
+        raise UserError("--end-to-end times one decoded image at a time; use --batch 1")
+    from .inference.backends import resolve_device
+
+    device = resolve_device(cfg.device)
+    threads = cfg.threads or default_threads()
+    torch.set_num_threads(threads)
+    height, width = cfg.size
+
+    say(f"building {cfg.model}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedModelWarning)  # speed does not depend on training
+        model, meta = resolve_model(cfg.model, cfg.num_classes)
+    model = model.eval()
+    filled = 0 if meta.get("trained", True) else _fill_zero_layers(model, cfg.seed)
+    in_ch = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
+    if cfg.end_to_end and in_ch != 3:
+        raise UserError(f"--end-to-end needs an RGB model; {cfg.model} takes {in_ch} input channels")
+    flops = count_flops(model, (1, in_ch, height, width))
+    params = count_params(model)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    example = torch.randn((cfg.batch, in_ch, height, width), generator=gen)
+    norm = get_normalization(meta.get("normalization") or getattr(model, "normalization", "imagenet"))
+    image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=gen).numpy()
+
+    with tempfile.TemporaryDirectory(prefix="fcnseg-bench-") as tmp:
+        t0 = time.perf_counter()
+        say("preparing the measured configuration")
+        runner, method, wants_cl = _build_measured(cfg, model, device, threads, example, Path(tmp))
+        prepare_s = time.perf_counter() - t0
+        eager_net = getattr(runner, "eager_net", None)
+        executed = count_flops(eager_net, (1, in_ch, height, width)) if eager_net is not None else flops
+        base_runner = _plain_runner(model, device) if cfg.baseline else None
+
+        if cfg.end_to_end:
+            def measured() -> Any:
+                x = normalize_batch(image, norm, channels_last=wants_cl).to(device)
+                return labels_from_logits(runner(x))[0].cpu().numpy()
+
+            def baseline() -> Any:
+                x = normalize(image, norm).unsqueeze(0).to(device)
+                return base_runner(x).argmax(1)[0].to(torch.uint8).cpu().numpy()
+        else:
+            x_meas = example.to(device)
+            if wants_cl:
+                x_meas = x_meas.contiguous(memory_format=torch.channels_last)
+            x_base = example.to(device)
+
+            def measured() -> Any:
+                return runner(x_meas)
+
+            def baseline() -> Any:
+                return base_runner(x_base)
+
+        sync = _sync(device)
+        times: dict[str, list[float]] = {"measured": [], "baseline": []}
+        fns = {"measured": measured, "baseline": baseline} if cfg.baseline else {"measured": measured}
+        with torch.inference_mode():
+            say(f"warm-up ({cfg.warmup} run(s) each)")
+            first_s = {}
+            for name, fn in fns.items():
+                for i in range(cfg.warmup):
+                    t = time.perf_counter()
+                    fn()
+                    sync()
+                    if i == 0:
+                        first_s[name] = time.perf_counter() - t
+            # agreement of the two configurations on this input (not timed)
+            agreement = None
+            if cfg.baseline:
+                if cfg.end_to_end:
+                    agreement = {"label_agreement": float((measured() == baseline()).mean())}
+                else:
+                    a, b = measured().float().cpu(), baseline().float().cpu()
+                    scale = float(b.abs().max()) or 1.0
+                    agreement = {"max_rel_diff": float((a - b).abs().max()) / scale,
+                                 "argmax_agreement": float((a.argmax(1) == b.argmax(1)).float().mean())}
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            rss_reset = device.type == "cpu" and _reset_peak_rss()
+            say(f"timing ({cfg.repeats} repeat(s){', interleaved with the baseline' if cfg.baseline else ''})")
+            for i in range(cfg.repeats):
+                order = list(fns) if i % 2 == 0 else list(reversed(fns))
+                for name in order:
+                    t = time.perf_counter()
+                    fns[name]()
+                    sync()
+                    times[name].append(time.perf_counter() - t)
+        if device.type == "cuda":
+            memory = {"kind": "cuda max_memory_allocated", "mb": torch.cuda.max_memory_allocated(device) / 2 ** 20}
+        else:
+            memory = {"kind": "peak RSS of the process" + (" during the timed runs" if rss_reset else ""),
+                      "mb": _peak_rss_mb()}
+    say("measuring the fp32 GEMM rate")
+    gemm = measure_gemm_rate(device, cfg.gemm_size)
+
+    timing = Timing.of(times["measured"])
+    gflop_img = flops / 1e9
+    # the achieved rate counts the arithmetic really done (depthwise upsampling skips zero filters)
+    achieved = executed / 1e9 * cfg.batch / (timing.median_ms / 1000.0)
+    result: dict[str, Any] = {
+        "model": cfg.model,
+        "size": [height, width],
+        "batch": cfg.batch,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name(),
+        "cpu_vnni": cpu_has_vnni(),
+        "dtype": cfg.dtype,
+        "backend": cfg.backend,
+        "end_to_end": cfg.end_to_end,
+        "method": method,
+        "threads": threads,
+        "warmup": cfg.warmup,
+        "repeats": cfg.repeats,
+        "gflops_per_image": gflop_img,
+        "executed_gflops_per_image": executed / 1e9,
+        "untrained_layers_filled": filled,
+        "params": params,
+        "latency_ms": asdict(timing),
+        "per_image_ms": timing.median_ms / cfg.batch,
+        "images_per_s": cfg.batch / (timing.median_ms / 1000.0),
+        "achieved_gflops": achieved,
+        "gemm": gemm,
+        "pct_of_gemm_peak": 100.0 * achieved / gemm["median_gflops"],
+        "memory": memory,
+        "prepare_s": prepare_s,
+        "first_call_s": first_s.get("measured"),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "torch": torch.__version__,
+    }
+    if cfg.baseline:
+        base = Timing.of(times["baseline"])
+        result["baseline"] = {"method": "torch eager, NCHW, fp32, as built", "latency_ms": asdict(base),
+                              "achieved_gflops": gflop_img * cfg.batch / (base.median_ms / 1000.0)}
+        result["speedup"] = base.median_ms / timing.median_ms
+        result["agreement"] = agreement
+    return result
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The human-readable report of :func:`run_bench`'s result."""
+    lat = r["latency_ms"]
+    h, w = r["size"]
+    what = "decoded uint8 image -> label map (normalise, forward, argmax)" if r["end_to_end"] else "forward pass"
+    lines = [
+        f"model        {r['model']}  {h}x{w}  batch {r['batch']}  {r['dtype']}  on {r['device']} ({r['device_name']})",
+        f"method       {r['method']}",
+        f"timed        {what}; {r['warmup']} warm-up run(s), then {r['repeats']} timed repeat(s); "
+        f"{r['threads']} thread(s); torch {r['torch']}",
+        f"complexity   {r['gflops_per_image']:.2f} GFLOPs per image (counted, 2 x MACs of conv/deconv/linear); "
+        f"{r['params'] / 1e6:.2f} M parameters"
+        + (f"; {r['executed_gflops_per_image']:.2f} GFLOPs executed after optimisation"
+           if abs(r["executed_gflops_per_image"] - r["gflops_per_image"]) > 1e-9 else ""),
+        f"latency      median {lat['median_ms']:.1f} ms  p10 {lat['p10_ms']:.1f}  p90 {lat['p90_ms']:.1f}  "
+        f"min {lat['min_ms']:.1f} (per batch)",
+        f"throughput   {r['images_per_s']:.2f} images/s  ({r['per_image_ms']:.1f} ms per image)",
+        f"compute      {r['achieved_gflops']:.1f} GFLOP/s achieved (executed FLOPs); fp32 GEMM {r['gemm']['n']}^3 in this run: "
+        f"{r['gemm']['median_gflops']:.1f} GFLOP/s median ({r['gemm']['best_gflops']:.1f} best) -> "
+        f"{r['pct_of_gemm_peak']:.0f}% of GEMM peak",
+        f"memory       {r['memory']['mb']:.0f} MB ({r['memory']['kind']})",
+        f"prepare      {r['prepare_s']:.1f} s to build the configuration; first call "
+        f"{(r['first_call_s'] or 0) * 1000:.0f} ms",
+    ]
+    if r.get("untrained_layers_filled"):
+        lines.append(f"weights      untrained; {r['untrained_layers_filled']} all-zero score layer(s) given random "
+                     "weights so that outputs (and the agreement check) are not all zero")
+    if r.get("cpu_vnni") is not None or r["dtype"] == "int8":
+        lines.append(f"cpu          int8 dot-product instructions: {r.get('cpu_vnni') or 'none (no VNNI)'}")
+    if "baseline" in r:
+        b = r["baseline"]["latency_ms"]
+        agree = r.get("agreement") or {}
+        agree_txt = ", ".join(f"{k} {v:.3g}" for k, v in agree.items())
+        lines += [
+            f"baseline     {r['baseline']['method']}: median {b['median_ms']:.1f} ms  p10 {b['p10_ms']:.1f}  "
+            f"p90 {b['p90_ms']:.1f}  min {b['min_ms']:.1f}  (repeats interleaved with the above)",
+            f"speed-up     {r['speedup']:.2f}x (baseline median / measured median); {agree_txt}",
+        ]
+    if r.get("load_average"):
+        la = r["load_average"]
+        lines.append(f"load         1/5/15-min load average at the end: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} "
+                     f"on {os.cpu_count()} CPU(s)")
+    return "\n".join(lines)

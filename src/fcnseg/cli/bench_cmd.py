@@ -1,0 +1,80 @@
+"""``fcnseg bench``: measured inference speed of a model, against the machine's own GEMM rate."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bench", help="time a model's inference and compare it with this machine's GEMM rate",
+        description="Time a model at one input size: counted GFLOPs, parameters, latency per batch (median, p10, "
+                    "p90 after warm-up), images/s, achieved GFLOP/s, this machine's fp32 GEMM rate measured in "
+                    "the same run with the same threads and the share of it achieved, and peak memory. "
+                    "--baseline also times a plain eager NCHW fp32 forward in the same process (repeats "
+                    "interleaved) and prints the speed-up. Numbers depend on the load of the machine: the load "
+                    "average is printed with them.")
+    p.add_argument("--model", "-m", required=True,
+                   help="architecture name, shipped model name, or a .safetensors / .pt weights file")
+    p.add_argument("--size", default="500x500", help="input height x width (default 500x500)")
+    p.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16", "int8"), default="fp32",
+                   help="precision: fp16 (CUDA), bf16, or int8 (CPU, post-training static quantisation, "
+                        "calibrated on random inputs: speed only; see scripts/int8_accuracy.py for accuracy)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="execution engine (onnxruntime: exported to ONNX in a temporary folder first)")
+    p.add_argument("--baseline", action="store_true",
+                   help="also time plain eager NCHW fp32 in the same run and print the speed-up")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="NHWC weights and activations (default on; --no-channels-last for NCHW)")
+    p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold BatchNorm into convolutions and run class-diagonal upsampling depthwise "
+                        "(exact; default on)")
+    p.add_argument("--freeze", action=argparse.BooleanOptionalAction, default=False,
+                   help="TorchScript freeze + optimize_for_inference (oneDNN weight pre-packing, conv+ReLU "
+                        "fusion)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile with Inductor weight freezing (slow first call; not timed)")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="time decoded uint8 image -> label map (normalisation, forward, argmax), batch 1")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing (default 2)")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs (default 10)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and onnxruntime (default: the cores this process may use)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes of an architecture given by name")
+    p.add_argument("--gemm-size", type=int, default=None,
+                   help="n of the n x n fp32 GEMM that measures the machine (default 2048 CPU, 8192 CUDA)")
+    p.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="also write every figure as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress messages on stderr")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import BenchConfig, format_report, parse_size, run_bench
+
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    if args.compile and args.freeze:
+        raise UserError("--compile and --freeze are alternatives; choose one")
+    if args.json is not None and args.json.exists() and args.json.is_dir():
+        raise UserError(f"{args.json}: is a folder; expected a .json file name")
+    cfg = BenchConfig(model=args.model, size=parse_size(args.size), batch=args.batch, device=args.device,
+                      dtype=args.dtype, backend=args.backend, channels_last=args.channels_last,
+                      optimize=args.optimize, freeze=args.freeze, compile=args.compile, baseline=args.baseline,
+                      end_to_end=args.end_to_end, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+                      num_classes=args.num_classes, gemm_size=args.gemm_size)
+    progress = None if args.quiet else (lambda msg: print(f"fcnseg bench: {msg} ...", file=sys.stderr, flush=True))
+    result = run_bench(cfg, progress=progress)
+    print(format_report(result))
+    if args.json is not None:
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as exc:
+            raise UserError(f"{args.json}: cannot write ({exc.strerror or exc})") from None
+    return 0

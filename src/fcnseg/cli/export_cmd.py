@@ -1,0 +1,64 @@
+"""``fcnseg export``: write a model as ONNX, TorchScript or a torch.export ExportedProgram."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "export", help="export a model to ONNX, TorchScript or an ExportedProgram (dynamic batch and size)",
+        description="Export a model for deployment. Input: N x 3 x H x W float32, normalised as the model "
+                    "expects (its normalisation, classes and palette are stored in the file); output: N x K x "
+                    "H x W logits. Batch, height and width are dynamic. The written file is run at two sizes "
+                    "other than the traced one (one odd) and compared with PyTorch before success is reported.")
+    p.add_argument("--model", "-m", required=True,
+                   help="architecture name (untrained), shipped model name, or a .safetensors / .pt weights file")
+    p.add_argument("--format", "-f", choices=("onnx", "torchscript", "exported-program"), default="onnx",
+                   help="output format (default onnx)")
+    p.add_argument("--out", "-o", type=Path, required=True, help="output file (.onnx, .pt, .pt2)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="class count (sets it for an architecture name; checked against weights files)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version, >= 17 (default 17)")
+    p.add_argument("--trace-size", default="64x64",
+                   help="input height x width used for tracing (default 64x64; the result is size-generic)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip running the exported file against PyTorch at other sizes")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest accepted relative difference from PyTorch in the check (default 1e-4)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import parse_size
+    from ..export import DEFAULT_CHECK_SIZES, export_model, resolve_model
+
+    if args.num_classes is not None and args.num_classes < 1:
+        raise UserError(f"--num-classes must be >= 1, got {args.num_classes}")
+    out: Path = args.out.expanduser()
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; expected an output file name")
+    if not out.parent.exists():
+        try:
+            out.parent.mkdir(parents=True)
+        except OSError as exc:
+            raise UserError(f"{out.parent}: cannot create output folder ({exc.strerror or exc})") from None
+    size = parse_size(args.trace_size)
+    model, meta = resolve_model(args.model, args.num_classes)
+    try:
+        result = export_model(model, out, args.format, meta=meta, opset=args.opset, example_size=size,
+                              check_sizes=None if args.no_check else DEFAULT_CHECK_SIZES,
+                              tolerance=args.tolerance)
+    except PermissionError:
+        raise UserError(f"{out}: cannot write (permission denied)") from None
+    print(f"wrote {result.path} ({result.size_bytes / 2 ** 20:.1f} MB, {result.format}) in {result.seconds:.1f} s")
+    for note in result.notes:
+        print(f"  {note}")
+    print(f"  model {meta.get('model')}, {meta['num_classes']} classes, normalisation {meta['normalization']}"
+          f"{'' if meta.get('trained', True) else ' (untrained weights)'}")
+    if result.checks:
+        checks = ", ".join(f"{n}x{h}x{w}: {err:.1e}" for (n, h, w), err in result.checks.items())
+        print(f"  checked against PyTorch (max relative difference, N x H x W): {checks}")
+    return 0

@@ -1,0 +1,414 @@
+"""A fast inference path: the same logits as eager PyTorch, computed sooner.
+
+What :func:`optimize_for_inference` does, each step exact up to float rounding:
+
+* **BatchNorm folding** (Lite0): an eval-mode BatchNorm after a convolution is an
+  affine map per channel, so it is folded into the convolution's weights and bias
+  and disappears (found with ``torch.fx``, the module tree is edited in place so
+  the model keeps its class, attributes and forward code).
+* **Depthwise upsampling**: the FCN upsampling layers are transposed convolutions
+  whose weights are zero off the class diagonal (class ``i`` upsamples into class
+  ``i``); a diagonal layer is rewritten as a grouped (depthwise) one, which skips
+  the ``K - 1`` zero filters per class (``K`` times less arithmetic). A learned,
+  non-diagonal layer is left alone.
+* **channels_last**: weights and activations in NHWC, the layout oneDNN's CPU
+  convolutions and cuDNN's tensor-core kernels want; the eager NCHW path reorders
+  every layer's input and, for transposed convolutions, falls back to a slow kernel.
+* optionally **freezing** (``mode="jit"``: TorchScript trace, freeze and
+  ``optimize_for_inference``, which pre-packs oneDNN weights and fuses conv + ReLU)
+  or **torch.compile** (``mode="compile"``: Inductor with weight freezing).
+* optionally a lower precision: ``bf16`` / ``fp16`` weights and activations.
+
+:func:`quantize_int8` is the int8 CPU path: post-training static quantisation with a
+calibration set, through onnxruntime's quantiser (QDQ, per-channel int8 weights,
+uint8 activations) or PyTorch's FX graph mode with the x86 backend. Both use
+VNNI instructions where the CPU has them (:func:`cpu_has_vnni`).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import UserError
+
+__all__ = ["fold_batchnorm", "depthwise_upsampling", "optimize_for_inference", "FastModel",
+           "quantize_int8", "Int8Model", "onnx_session", "cpu_has_vnni", "cpu_flags", "normalize_batch", "labels_from_logits",
+           "DTYPES"]
+
+Mode = Literal["eager", "jit", "compile"]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# --------------------------------------------------------------------------- BatchNorm folding
+def _get(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path) if path else root
+
+
+def _set(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(_get(root, parent), name, module)
+
+
+def _conv_bn_pairs(module: nn.Module, prefix: str = "") -> list[tuple[str, str]]:
+    """``(conv path, bn path)`` for every BatchNorm fed only by one convolution, found with torch.fx.
+
+    A module that fx cannot trace is searched child by child instead.
+    """
+    try:
+        graph = torch.fx.symbolic_trace(module).graph
+    except Exception:
+        pairs: list[tuple[str, str]] = []
+        for name, child in module.named_children():
+            pairs += _conv_bn_pairs(child, f"{prefix}{name}.")
+        return pairs
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(_get(module, node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if not isinstance(src, torch.fx.Node) or src.op != "call_module":
+            continue
+        if not isinstance(_get(module, src.target), nn.Conv2d):
+            continue
+        # the conv's output must feed nothing but this BN, and neither module may be reused
+        if len(src.users) == 1 and calls[node.target] == 1 and calls[src.target] == 1:
+            pairs.append((prefix + src.target, prefix + node.target))
+    return pairs
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every eval-mode ``BatchNorm2d`` that follows a ``Conv2d`` into it, in place.
+
+    The BN becomes ``nn.Identity``; returns how many were folded. The model must be
+    in eval mode (folding uses the running statistics).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode (it uses the running statistics)")
+    pairs = _conv_bn_pairs(model)
+    for conv_path, bn_path in pairs:
+        conv, bn = _get(model, conv_path), _get(model, bn_path)
+        _set(model, conv_path, fuse_conv_bn_eval(conv, bn))
+        _set(model, bn_path, nn.Identity())
+    return len(pairs)
+
+
+# --------------------------------------------------------------------------- depthwise upsampling
+def _is_diagonal(deconv: nn.ConvTranspose2d) -> bool:
+    w = deconv.weight
+    if deconv.groups != 1 or w.shape[0] != w.shape[1] or w.shape[0] < 2:
+        return False
+    idx = torch.arange(w.shape[0], device=w.device)
+    off = w.detach().clone()
+    off[idx, idx] = 0
+    return bool(off.abs().max() == 0)
+
+
+def depthwise_upsampling(model: nn.Module) -> int:
+    """Rewrite every class-diagonal ``ConvTranspose2d`` as a depthwise (grouped) one, in place.
+
+    Exact: only zero filters are dropped. Returns how many layers were rewritten.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.ConvTranspose2d) and _is_diagonal(module):
+            c = module.weight.shape[0]
+            idx = torch.arange(c, device=module.weight.device)
+            diag = module.weight.detach()[idx, idx].unsqueeze(1).clone()  # C x 1 x k x k
+            module.weight = nn.Parameter(diag, requires_grad=False)
+            module.groups = c
+            count += 1
+    return count
+
+
+# --------------------------------------------------------------------------- the optimised model
+class FastModel(nn.Module):
+    """An inference-only wrapper: converts the input's layout and precision, runs the optimised net.
+
+    ``steps`` lists what was done (printed by ``fcnseg bench``). The model's own
+    attributes (``num_classes``, ``normalization``, ...) stay reachable as ``.net.<name>``
+    and, for convenience, on the wrapper.
+    """
+
+    def __init__(self, net: Any, *, channels_last: bool, dtype: torch.dtype, steps: list[str],
+                 source: nn.Module | None = None, eager_net: nn.Module | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.channels_last = channels_last
+        self.dtype = dtype
+        self.steps = steps
+        self.__dict__["eager_net"] = eager_net  # the eager optimised module (not a registered child)
+        for attr in ("num_classes", "normalization", "model_name", "output_stride", "variant"):
+            if source is not None and hasattr(source, attr):
+                setattr(self, attr, getattr(source, attr))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.net(x)
+        return out if out.dtype == torch.float32 else out.float()
+
+    @property
+    def method(self) -> str:
+        return ", ".join(self.steps) if self.steps else "eager"
+
+
+def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, fold_bn: bool = True,
+                           depthwise: bool = True, mode: Mode = "eager", dtype: str | torch.dtype = "fp32",
+                           example_input: Tensor | None = None, inplace: bool = False) -> FastModel:
+    """An optimised copy of ``model`` for inference; its outputs equal the eager model's within rounding.
+
+    Args:
+        channels_last: NHWC weights and activations.
+        fold_bn: fold BatchNorm into the preceding convolutions.
+        depthwise: rewrite class-diagonal upsampling layers as depthwise ones.
+        mode: ``eager`` (dynamic shapes, nothing compiled), ``jit`` (TorchScript freeze +
+            ``torch.jit.optimize_for_inference``: oneDNN weight pre-packing and conv+ReLU
+            fusion; traced on ``example_input`` but shape-generic) or ``compile``
+            (``torch.compile`` with Inductor weight freezing; recompiles per new input size).
+        dtype: ``fp32``, ``bf16`` or ``fp16`` (weights and activations; logits come back fp32).
+        example_input: a batch for ``jit`` tracing (default: ``1 x 3 x 64 x 64``).
+        inplace: edit ``model`` itself instead of a deep copy.
+    """
+    if mode not in ("eager", "jit", "compile"):
+        raise UserError(f"unknown optimisation mode {mode!r}; expected eager, jit or compile")
+    torch_dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if torch_dtype not in DTYPES.values():
+        raise UserError(f"unsupported dtype {dtype!r}; expected one of: {', '.join(DTYPES)}")
+    net = model if inplace else copy.deepcopy(model)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    steps: list[str] = []
+    if fold_bn:
+        n = fold_batchnorm(net)
+        if n:
+            steps.append(f"folded {n} BatchNorm")
+    if depthwise:
+        n = depthwise_upsampling(net)
+        if n:
+            steps.append(f"{n} upsampling layer(s) depthwise")
+    if torch_dtype != torch.float32:
+        net = net.to(torch_dtype)
+        steps.append(f"{str(torch_dtype).replace('torch.', '')} weights+activations")
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        steps.append("channels_last")
+    runner: Any = net
+    if mode == "jit":
+        device = next((p.device for p in net.parameters()), torch.device("cpu"))
+        x = example_input if example_input is not None else torch.randn(1, 3, 64, 64)
+        x = x.to(device=device, dtype=torch_dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.no_grad():
+                traced = torch.jit.trace(net, x, check_trace=False)
+                runner = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+        steps.append("TorchScript freeze + optimize_for_inference")
+    elif mode == "compile":
+        runner = torch.compile(net, options={"freezing": True}, dynamic=False)
+        steps.append("torch.compile (inductor, freezing)")
+    return FastModel(runner, channels_last=channels_last, dtype=torch_dtype, steps=steps, source=model,
+                     eager_net=net)
+
+
+# --------------------------------------------------------------------------- pre/post-processing
+def normalize_batch(image: np.ndarray | Tensor, preset: Any, *, channels_last: bool = True) -> Tensor:
+    """Decoded RGB uint8 ``H x W x 3`` -> normalised float ``1 x 3 x H x W``, in one pass.
+
+    With ``channels_last`` the result keeps the image's own pixel-interleaved layout
+    (an ``H x W x 3`` buffer *is* a channels-last ``1 x 3 x H x W`` tensor), so no
+    layout copy is made before or after the arithmetic. Equal to
+    :func:`fcnseg.preprocess.normalize` (same multiply-add).
+    """
+    from .preprocess import get_normalization
+
+    norm = get_normalization(preset)
+    t = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    if t.ndim != 3 or t.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 RGB image, got shape {tuple(t.shape)}")
+    mul = [norm.scale / s for s in norm.std]
+    add = [-m / s for m, s in zip(norm.mean, norm.std)]
+    if norm.bgr:  # feed B, G, R: reorder the constants and the pixels' channels
+        t = t[:, :, [2, 1, 0]]
+    mul_t = torch.tensor(mul, dtype=torch.float32)
+    add_t = torch.tensor(add, dtype=torch.float32)
+    out = torch.addcmul(add_t, t.to(torch.float32), mul_t)  # H x W x 3, one pass
+    out = out.permute(2, 0, 1).unsqueeze(0)  # a channels-last view, no copy
+    return out if channels_last else out.contiguous()
+
+
+def labels_from_logits(logits: Tensor) -> Tensor:
+    """``N x K x H x W`` logits -> ``N x H x W`` uint8 (or int32 above 256 classes) label maps."""
+    labels = logits.argmax(dim=1)
+    return labels.to(torch.uint8 if logits.shape[1] <= 256 else torch.int32)
+
+
+# --------------------------------------------------------------------------- int8
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of this machine (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_vnni() -> str | None:
+    """``avx512_vnni`` / ``avx_vnni`` if this CPU has int8 dot-product instructions, else None."""
+    flags = cpu_flags()
+    for name in ("avx512_vnni", "avx_vnni"):
+        if name in flags:
+            return name
+    return None
+
+
+class Int8Model:
+    """A statically quantised net: ``__call__(x)`` takes fp32 ``N x 3 x H x W`` and returns fp32 logits."""
+
+    def __init__(self, runner: Callable[[Tensor], Tensor], backend: str, method: str,
+                 path: Path | None = None, keep: Any = None) -> None:
+        self._runner = runner
+        self.backend = backend
+        self.method = method
+        self.path = path
+        self._keep = keep  # e.g. the temporary folder holding the ONNX files
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self._runner(x)
+
+
+def _calibration_batches(calibration: Iterable[Tensor]) -> list[Tensor]:
+    batches = [c if c.dim() == 4 else c.unsqueeze(0) for c in calibration]
+    if not batches:
+        raise UserError("int8 quantisation needs at least one calibration batch")
+    return [b.detach().float().cpu() for b in batches]
+
+
+def onnx_session(path: str | Path, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session with full graph optimisation and ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _quantize_onnxruntime(model: nn.Module, batches: list[Tensor], threads: int | None,
+                          out_path: Path | None) -> Int8Model:
+    import logging
+
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .export import export_onnx
+
+    tmp = tempfile.TemporaryDirectory(prefix="fcnseg-int8-")
+    fp32_path = Path(tmp.name) / "model_fp32.onnx"
+    pre_path = Path(tmp.name) / "model_fp32_pre.onnx"
+    h, w = batches[0].shape[2:]
+    # BN folded and upsampling depthwise before export: fewer, cheaper ops to quantise
+    net = optimize_for_inference(model.cpu(), channels_last=False).eager_net
+    export_onnx(net, fp32_path, example_size=(int(h), int(w)))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            b = next(self._it, None)
+            return None if b is None else {"input": b.numpy()}
+
+    int8_path = Path(out_path) if out_path is not None else Path(tmp.name) / "model_int8.onnx"
+    ort.set_default_logger_severity(3)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs advice on the root logger
+    try:
+        # constant folding + shape inference first, so every bias is an initializer it can quantise
+        quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=True)
+        # u8 activations x s8 weights: the VNNI (vpdpbusd) fast path; per-channel weight scales
+        quantize_static(str(pre_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    session = onnx_session(int8_path, threads)
+
+    def run(x: Tensor) -> Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(session.run(["logits"], {"input": arr})[0])
+
+    return Int8Model(run, "onnxruntime", "onnxruntime quantize_static (QDQ, per-channel s8 weights, "
+                     f"u8 activations, {len(batches)} calibration batch(es))", int8_path, keep=tmp)
+
+
+def _quantize_fx(model: nn.Module, batches: list[Tensor]) -> Int8Model:
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    if "x86" not in torch.backends.quantized.supported_engines:
+        raise UserError("this torch build has no x86 quantized engine; use --backend onnxruntime")
+    torch.backends.quantized.engine = "x86"
+    net = copy.deepcopy(model).eval().cpu()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(net, get_default_qconfig_mapping("x86"), (batches[0],))
+        with torch.no_grad():
+            for b in batches:
+                prepared(b)
+        quantized = convert_fx(prepared)
+
+    def run(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return quantized(x.cpu().float())
+
+    return Int8Model(run, "torch", "torch.ao FX graph mode, x86 backend (per-channel s8 weights, u8 "
+                     f"activations, {len(batches)} calibration batches)", keep=quantized)
+
+
+def quantize_int8(model: nn.Module, calibration: Iterable[Tensor], *, backend: str = "onnxruntime",
+                  threads: int | None = None, out_path: str | Path | None = None) -> Int8Model:
+    """Post-training static int8 quantisation of ``model`` for the CPU.
+
+    ``calibration`` yields normalised ``N x 3 x H x W`` (or ``3 x H x W``) batches that
+    set the activation ranges; real images of the target data give the best ranges
+    (see ``scripts/int8_accuracy.py``). ``backend``: ``onnxruntime`` (export + its
+    static quantiser; ``out_path`` keeps the int8 ``.onnx``) or ``torch`` (FX graph mode).
+    """
+    batches = _calibration_batches(calibration)
+    if backend == "onnxruntime":
+        return _quantize_onnxruntime(model, batches, threads, Path(out_path) if out_path else None)
+    if backend == "torch":
+        return _quantize_fx(model, batches)
+    raise UserError(f"unknown int8 backend {backend!r}; expected onnxruntime or torch")
+
+
+def default_threads() -> int:
+    """Threads to use by default: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,192 @@
+"""The fast inference path computes the same logits as the eager model (within float rounding)."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fcnseg.fast import (cpu_has_vnni, depthwise_upsampling, fold_batchnorm, labels_from_logits, normalize_batch,
+                         optimize_for_inference, quantize_int8)
+from fcnseg.models import get_model
+from fcnseg.models.fcn import FCN
+from fcnseg.models.layers import Upscore
+from fcnseg.models.vgg import VGG16Trunk
+from fcnseg.preprocess import normalize
+
+SIZES = [(1, 37, 53), (2, 64, 64), (1, 45, 30)]
+
+
+def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affine terms, non-zero score layers: folding must get them right."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d) and not m.weight.any():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * 0.05)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def lite0() -> nn.Module:
+    return randomise_(get_model("fcn8s_lite0", num_classes=5))
+
+
+def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+def assert_same_logits(model, fast, sizes=SIZES, tol=1e-4):
+    gen = torch.Generator().manual_seed(1)
+    for n, h, w in sizes:
+        x = torch.randn(n, 3, h, w, generator=gen)
+        with torch.inference_mode():
+            ref, got = model(x), fast(x)
+        assert got.shape == ref.shape
+        assert max_rel(got, ref) <= tol, (n, h, w)
+
+
+def test_fold_batchnorm_removes_every_bn_of_lite0(lite0):
+    net = copy.deepcopy(lite0)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert fold_batchnorm(net) == n_bn == 49
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert type(net) is type(lite0) and net.num_classes == 5  # structure and attributes kept
+    assert_same_logits(lite0, net, SIZES[:1])
+
+
+def test_fold_batchnorm_needs_eval_mode(lite0):
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(copy.deepcopy(lite0).train())
+
+
+def test_fold_leaves_a_bn_whose_conv_output_is_also_used_elsewhere():
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y  # y is needed unnormalised too: folding would be wrong
+
+    assert fold_batchnorm(Branchy().eval()) == 0
+
+
+def test_depthwise_upsampling_only_for_diagonal_layers(lite0):
+    net = copy.deepcopy(lite0)
+    assert depthwise_upsampling(net) == 3
+    for m in net.modules():
+        if isinstance(m, Upscore):
+            assert m.groups == m.out_channels == 5 and m.weight.shape[1] == 1
+    assert_same_logits(lite0, net, SIZES[:1], tol=1e-5)
+    learned = nn.ConvTranspose2d(4, 4, 4, stride=2, bias=False)  # dense random weights: not diagonal
+    assert depthwise_upsampling(learned) == 0 and learned.groups == 1
+
+
+def test_optimized_lite0_equals_eager(lite0):
+    fast = optimize_for_inference(lite0)
+    assert "folded 49 BatchNorm" in fast.method and "channels_last" in fast.method
+    assert_same_logits(lite0, fast)
+    # the original is untouched
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in lite0.modules()) == 49
+
+
+def test_frozen_torchscript_lite0_equals_eager_at_untraced_sizes(lite0):
+    fast = optimize_for_inference(lite0, mode="jit", example_input=torch.randn(1, 3, 64, 64))
+    assert "TorchScript" in fast.method
+    assert_same_logits(lite0, fast)
+
+
+def test_optimized_vgg_geometry_equals_eager():
+    """VGG16 FCN-8s layers and crops (thin fc6/fc7 to stay small), including the odd sizes."""
+    trunk = VGG16Trunk()
+    trunk.out_channels = {**VGG16Trunk.out_channels, "out": 32}
+    trunk.fc6, trunk.fc7 = nn.Conv2d(512, 32, 7), nn.Conv2d(32, 32, 1)
+    model = randomise_(FCN(trunk, 3, "8s"))
+    fast = optimize_for_inference(model)
+    assert "3 upsampling layer(s) depthwise" in fast.method
+    assert_same_logits(model, fast, [(1, 37, 53), (1, 1, 1)])
+
+
+def test_bf16_is_close_but_not_exact(lite0):
+    fast = optimize_for_inference(lite0, dtype="bf16")
+    x = torch.randn(1, 3, 40, 40)
+    with torch.inference_mode():
+        out, ref = fast(x), lite0(x)
+    assert out.dtype == torch.float32
+    assert max_rel(out, ref) < 0.1
+
+
+def test_bad_options_are_user_errors(lite0):
+    from fcnseg.errors import UserError
+
+    with pytest.raises(UserError, match="mode"):
+        optimize_for_inference(lite0, mode="fastest")
+    with pytest.raises(UserError, match="dtype"):
+        optimize_for_inference(lite0, dtype="int4")
+
+
+@pytest.mark.parametrize("preset", ["caffe", "imagenet"])
+def test_normalize_batch_equals_reference_normalize(preset):
+    img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    fast = normalize_batch(img, preset)
+    assert fast.shape == (1, 3, 37, 53) and fast.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(fast, normalize(img, preset).unsqueeze(0))
+    assert normalize_batch(img, preset, channels_last=False).is_contiguous()
+
+
+def test_labels_from_logits():
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 2, 0, 1] = 1.0
+    logits[0, 1, 1, 0] = 1.0
+    labels = labels_from_logits(logits)
+    assert labels.dtype == torch.uint8
+    assert labels[0].tolist() == [[0, 2], [1, 0]]
+
+
+def test_int8_onnxruntime_is_quantised_and_close(lite0, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    gen = torch.Generator().manual_seed(2)
+    calib = [torch.randn(1, 3, 48, 64, generator=gen) for _ in range(2)]
+    q = quantize_int8(lite0, calib, backend="onnxruntime", out_path=tmp_path / "int8.onnx")
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    x = torch.randn(1, 3, 48, 64, generator=gen)
+    with torch.inference_mode():
+        ref = lite0(x)
+    out = q(x)
+    assert out.shape == ref.shape
+    assert max_rel(out, ref) < 0.25  # int8 is an approximation: close, not equal
+    assert max_rel(out, ref) > 0  # ... and really not the fp32 graph
+    # dynamic sizes survive quantisation
+    assert q(torch.randn(1, 3, 37, 53)).shape == (1, 5, 37, 53)
+
+
+def test_int8_needs_calibration_and_a_known_backend(lite0):
+    from fcnseg.errors import UserError
+
+    with pytest.raises(UserError, match="calibration"):
+        quantize_int8(lite0, [])
+    with pytest.raises(UserError, match="backend"):
+        quantize_int8(lite0, [torch.zeros(1, 3, 8, 8)], backend="tensorrt")
+
+
+def test_cpu_has_vnni_agrees_with_cpuinfo():
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    found = cpu_has_vnni()
+    if found is None:
+        assert "avx512_vnni" not in flags.split() and "avx_vnni" not in flags.split()
+    else:
+        assert found in flags.split()

@@ -1,0 +1,228 @@
+"""``fcnseg predict``: outputs, folder structure, per-file failures, exit codes, the entry point."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from fcnseg.cli.main import main
+from fcnseg.imageio import read_label_png
+from fcnseg.inference import load_model
+from fcnseg.models import get_model
+from fcnseg.weights import save_weights
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A shipped-format weights file: fcn8s_lite0, 11 classes, random non-zero score layers, fp16."""
+    from fcnseg.viz import camvid_palette, camvid_class_names
+
+    torch.manual_seed(0)
+    net = get_model("fcn8s_lite0", 11)
+    for name in ("score_fr", "score_pool4", "score_pool3"):
+        nn.init.normal_(getattr(net, name).weight, std=0.05)
+    calibrate_batchnorm(net)
+    path = tmp_path_factory.mktemp("w") / "cam.safetensors"
+    save_weights(net.state_dict(), path, {"model": "fcn8s_lite0", "num_classes": 11,
+                                          "class_names": camvid_class_names(), "palette": camvid_palette().tolist(),
+                                          "normalization": "imagenet", "options": {}}, dtype=torch.float16)
+    return path
+
+
+def calibrate_batchnorm(net: nn.Module) -> None:
+    """Estimate BatchNorm statistics on a few pictures so the random trunk's activations do not
+    fade away (see ``random_fcn`` in test_inference.py)."""
+    from fcnseg.preprocess import normalize
+
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    net.train()
+    with torch.no_grad():
+        net(torch.stack([normalize(picture(96, 128, s), "imagenet") for s in range(4)]))
+    net.eval()
+
+
+def picture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = 127 + 80 * np.sin(xx / 9.0 + seed)[..., None] * np.cos(yy / 13.0)[..., None] + rng.normal(0, 20, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture()
+def images(tmp_path) -> Path:
+    """in/a.jpg, in/b.png (another size), in/sub/c.png, in/readme.txt."""
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    Image.fromarray(picture(48, 64, 1)).save(root / "a.jpg", quality=95)
+    Image.fromarray(picture(40, 56, 2)).save(root / "b.png")
+    Image.fromarray(picture(48, 64, 3)).save(root / "sub" / "c.png")
+    (root / "readme.txt").write_text("not an image")
+    return root
+
+
+def test_folder_outputs_keep_structure_and_match_the_api(weights, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["predict", str(images), "--model", str(weights), "--out", str(out), "--overlay", "--probs",
+               "--batch-size", "2"])
+    assert rc == 0, capsys.readouterr().err
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["a.png", "a_overlay.png", "a_probs.npy", "b.png", "b_overlay.png", "b_probs.npy",
+                       "sub/c.png", "sub/c_overlay.png", "sub/c_probs.npy"]
+    model = load_model(weights)
+    for stem, src in [("a", images / "a.jpg"), ("b", images / "b.png"), ("sub/c", images / "sub" / "c.png")]:
+        labels, probs = model.predict(src, return_probs=True)
+        got = read_label_png(out / f"{stem}.png")
+        np.testing.assert_array_equal(got, labels)
+        with Image.open(out / f"{stem}.png") as im:
+            assert im.mode == "P"
+            np.testing.assert_array_equal(np.array(im.getpalette()[:33]).reshape(11, 3), model.palette)
+        p = np.load(out / f"{stem}_probs.npy")
+        assert p.dtype == np.float32 and p.shape == (11, *labels.shape)
+        np.testing.assert_allclose(p, probs, atol=1e-5)
+        with Image.open(out / f"{stem}_overlay.png") as im:
+            assert im.size == labels.shape[::-1] and im.mode == "RGB"
+    assert len(np.unique(read_label_png(out / "a.png"))) > 1
+
+
+def test_single_files_and_globs(weights, images, tmp_path):
+    out = tmp_path / "o"
+    assert main(["predict", str(images / "a.jpg"), str(images / "**" / "*.png"), "--model", str(weights),
+                 "--out", str(out), "--quiet"]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == ["a.png", "b.png", "sub/c.png"]
+
+
+def test_some_files_fail_exit_1_rest_written(weights, images, tmp_path, capsys):
+    (images / "zero.jpg").write_bytes(b"")
+    data = (images / "b.png").read_bytes()
+    (images / "cut.png").write_bytes(data[: len(data) // 2])
+    (images / "fake.png").write_text("hello")
+    out = tmp_path / "out"
+    rc = main(["predict", str(images), "--model", str(weights), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    for name in ("zero.jpg", "cut.png", "fake.png"):
+        assert name in err
+    assert "3 image(s) failed" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.rglob("*.png")) == ["a.png", "b.png", "c.png"]
+
+
+def test_user_errors_exit_2_and_process_nothing(weights, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (["predict", str(empty), "--model", str(weights), "--out", str(out)], "no image files"),
+        (["predict", str(tmp_path / "missing.jpg"), "--model", str(weights), "--out", str(out)], "no such file"),
+        (["predict", str(images), "--model", "no-such-model", "--out", str(out)], "unknown model"),
+        (["predict", str(images), "--model", str(tmp_path / "nope.safetensors"), "--out", str(out)],
+         "no such model file"),
+        (["predict", str(images), "--model", str(weights), "--num-classes", "21", "--out", str(out)],
+         "has 11 classes but num_classes=21"),
+        (["predict", str(images), "--model", str(weights), "--out", str(out), "--tta", "rotate"], "unknown item"),
+        (["predict", str(images), "--model", str(weights), "--out", str(out), "--batch-size", "0"], "batch-size"),
+        (["predict", str(images), "--model", str(weights), "--out", str(out), "--tile", "big"], "--tile"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert not out.exists()  # not even an empty output folder is left behind
+
+
+def test_unwritable_output_folder(weights, images, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["predict", str(images), "--model", str(weights), "--out", str(blocker)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["predict", str(images), "--model", str(weights), "--out", str(blocker / "sub")]) == 2
+    assert "cannot write to output folder" in capsys.readouterr().err
+    if os.name == "posix" and os.geteuid() != 0:  # root ignores permission bits
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        try:
+            assert main(["predict", str(images), "--model", str(weights), "--out", str(locked)]) == 2
+            assert "not writable" in capsys.readouterr().err
+        finally:
+            locked.chmod(0o700)
+
+
+def test_outputs_are_not_reread_as_inputs(weights, images, tmp_path):
+    out = images / "results"
+    for _ in range(2):  # the second run must not pick up results/*.png as inputs
+        assert main(["predict", str(images), "--model", str(weights), "--out", str(out), "--overlay",
+                     "--quiet"]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png") if "overlay" not in p.name) == \
+        ["a.png", "b.png", "sub/c.png"]
+
+
+def test_untrained_architecture_warns_on_one_line(images, tmp_path, capsys):
+    assert main(["predict", str(images / "a.jpg"), "--model", "fcn32s_lite0", "--num-classes", "3",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: model 'fcn32s_lite0' is an untrained architecture" in err
+    assert read_label_png(tmp_path / "o" / "a.png").shape == (48, 64)
+
+
+def test_tile_and_tta_options(weights, tmp_path):
+    src = tmp_path / "wide.png"
+    Image.fromarray(picture(40, 1300)).save(src)
+    model = load_model(weights)
+    runs = {"whole": ["--tile", "0"], "tiled": ["--tile", "160", "--probs"], "tta": ["--tta", "flip"]}
+    for name, extra in runs.items():
+        assert main(["predict", str(src), "--model", str(weights), "--out", str(tmp_path / name), "--quiet",
+                     *extra]) == 0
+    whole = read_label_png(tmp_path / "whole" / "wide.png")
+    tiled = read_label_png(tmp_path / "tiled" / "wide.png")
+    assert (whole == tiled).mean() > 0.999  # exact but for float ties
+    probs = np.load(tmp_path / "tiled" / "wide_probs.npy")  # written through a memory map
+    assert probs.shape == (11, 40, 1300)
+    assert (probs.argmax(0) == tiled).mean() > 0.999
+    np.testing.assert_array_equal(read_label_png(tmp_path / "tta" / "wide.png"), model.predict(src, tta="flip"))
+
+
+def test_onnx_backend(weights, images, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import warnings
+
+    net = load_model(weights).net
+    onnx_path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), str(onnx_path), input_names=["input"],
+                          output_names=["logits"], opset_version=17, dynamo=False,
+                          dynamic_axes={"input": {0: "N", 2: "H", 3: "W"}, "logits": {0: "N", 2: "H", 3: "W"}})
+    out = tmp_path / "onnx-out"
+    assert main(["predict", str(images), "--model", str(onnx_path), "--backend", "onnxruntime",
+                 "--out", str(out), "--quiet"]) == 0
+    ref = load_model(weights).predict(images / "a.jpg")
+    assert (read_label_png(out / "a.png") == ref).mean() > 0.99
+    assert main(["predict", str(images), "--model", str(weights), "--backend", "onnxruntime",
+                 "--out", str(out)]) == 2
+
+
+def test_installed_entry_point(weights, images, tmp_path):
+    exe = Path(sys.executable).parent / "fcnseg"
+    exe = str(exe) if exe.exists() else shutil.which("fcnseg")
+    if exe is None:
+        pytest.skip("the fcnseg entry point is not installed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([exe, "predict", str(images / "a.jpg"), "--model", str(weights), "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o" / "a.png").is_file()
+    bad = subprocess.run([exe, "predict", str(tmp_path / "empty-nothing"), "--out", str(tmp_path / "o2")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "no such file" in bad.stderr
