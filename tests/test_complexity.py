@@ -49,11 +49,13 @@ def test_linear_by_hand():
     assert count_flops(lin, (7, 3, 2, 2)) == 2 * 7 * 12 * 5
 
 
-def test_batch_scales_linearly_and_three_dim_shape_means_batch_one():
+def test_batch_scales_linearly_and_short_shapes_mean_one_image():
     conv = nn.Conv2d(3, 4, 3)
     one = count_flops(conv, (1, 3, 8, 8))
     assert count_flops(conv, (3, 3, 8, 8)) == 3 * one
     assert count_flops(conv, (3, 8, 8)) == one
+    assert count_flops(conv, (8, 8)) == one  # channels from the first convolution
+    assert count_flops(nn.Conv2d(6, 4, 3), (8, 8)) == 2 * one
 
 
 @pytest.mark.parametrize("name", ["fcn8s_lite0", "fcn32s_alexnet"])

@@ -226,3 +226,16 @@ def test_installed_entry_point(weights, images, tmp_path):
     bad = subprocess.run([exe, "predict", str(tmp_path / "empty-nothing"), "--out", str(tmp_path / "o2")],
                          capture_output=True, text=True, timeout=300, env=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "no such file" in bad.stderr
+
+
+def test_outputs_have_ordinary_permissions(weights, images, tmp_path):
+    out = tmp_path / "perm"
+    old = os.umask(0o022)
+    try:
+        assert main(["predict", str(images / "a.jpg"), "--model", str(weights), "--out", str(out), "--overlay",
+                     "--probs", "--quiet"]) == 0
+    finally:
+        os.umask(old)
+    for name in ("a.png", "a_overlay.png", "a_probs.npy"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
+    assert not list(out.glob(".*"))  # no temporary files left

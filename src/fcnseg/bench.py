@@ -189,7 +189,7 @@ def _plain_runner(model: nn.Module, device: torch.device) -> Callable[[Tensor], 
 def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, threads: int,
                     example: Tensor, workdir: Path) -> tuple[Callable[[Tensor], Tensor], str, bool]:
     """The configuration under test: ``(runner, method description, wants channels-last input)``."""
-    from .fast import onnx_session, optimize_for_inference, quantize_int8
+    from .fast import optimize_for_inference, quantize_int8
 
     if cfg.dtype == "int8":
         if device.type != "cpu":
@@ -204,18 +204,11 @@ def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, th
             raise UserError("--backend onnxruntime is benchmarked on the CPU here; use --device cpu")
         if cfg.dtype != "fp32":
             raise UserError(f"--backend onnxruntime supports --dtype fp32 or int8, not {cfg.dtype}")
-        from .export import export_onnx
-
-        net = optimize_for_inference(model, channels_last=False, fold_bn=cfg.optimize, depthwise=cfg.optimize)
-        path = export_onnx(net.eager_net, workdir / "model.onnx", example_size=tuple(example.shape[2:]))
-        session = onnx_session(path, threads)
-
-        def run_ort(x: Tensor) -> Tensor:
-            arr = x.numpy() if x.is_contiguous() else np.ascontiguousarray(x.numpy())
-            return torch.from_numpy(session.run(["logits"], {"input": arr})[0])
-
-        steps = f"{net.method}, " if net.steps else ""
-        return run_ort, f"onnxruntime CPU fp32 ({steps}exported to ONNX, graph optimisation ALL)", False
+        if cfg.compile or cfg.freeze:
+            raise UserError("--compile and --freeze are torch options; drop them with --backend onnxruntime")
+        fast = optimize_for_inference(model, channels_last=False, fold_bn=cfg.optimize, depthwise=cfg.optimize,
+                                      mode="onnxruntime", threads=threads)
+        return fast, fast.method + ", fp32", False
     if cfg.dtype == "fp16" and device.type == "cpu":
         raise UserError("--dtype fp16 is for --device cuda; on the CPU use bf16 or int8")
     mode = "compile" if cfg.compile else ("jit" if cfg.freeze else "eager")
@@ -227,7 +220,7 @@ def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, th
 # --------------------------------------------------------------------------- the run
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Benchmark ``cfg.model`` as configured; returns every figure as a JSON-ready dict."""
-    from .complexity import count_flops, count_params
+    from .complexity import count_flops, count_params, input_channels
     from .export import resolve_model
     from .fast import cpu_has_vnni, default_threads, labels_from_logits, normalize_batch
     from .inference import UntrainedModelWarning
@@ -255,7 +248,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
         model, meta = resolve_model(cfg.model, cfg.num_classes)
     model = model.eval()
     filled = 0 if meta.get("trained", True) else _fill_zero_layers(model, cfg.seed)
-    in_ch = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
+    in_ch = input_channels(model)
     if cfg.end_to_end and in_ch != 3:
         raise UserError(f"--end-to-end needs an RGB model; {cfg.model} takes {in_ch} input channels")
     flops = count_flops(model, (1, in_ch, height, width))

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["count_flops", "count_params", "flops_by_layer", "layer_flops"]
+__all__ = ["count_flops", "count_params", "flops_by_layer", "layer_flops", "input_channels"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _DECONV = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -63,13 +63,28 @@ def layer_flops(module: nn.Module, output: Tensor) -> int:
     return 0
 
 
+def input_channels(model: nn.Module) -> int:
+    """Channels the model takes: the sum over its ``modalities`` (multi-modal nets, e.g. RGB + HHA)
+    or else the first convolution's input channels (3 if it has none)."""
+    modalities = getattr(model, "modalities", None)
+    if isinstance(modalities, dict) and modalities:
+        return int(sum(modalities.values()))
+    for m in model.modules():
+        if isinstance(m, (*_CONV, *_DECONV)):
+            return int(m.in_channels)
+    return 3
+
+
 def flops_by_layer(model: nn.Module, input_shape: Sequence[int], *, use_meta: bool = True) -> dict[str, int]:
     """FLOPs per counted layer (module path -> FLOPs) for one forward at ``input_shape``.
 
-    ``input_shape`` is ``(N, C, H, W)`` (or ``(C, H, W)`` for batch 1). A layer called
-    several times accumulates.
+    ``input_shape`` is ``(N, C, H, W)``, ``(C, H, W)`` (batch 1) or ``(H, W)`` (batch 1,
+    the model's own input channels, :func:`input_channels`). A layer called several
+    times accumulates.
     """
     shape = tuple(int(s) for s in input_shape)
+    if len(shape) == 2:
+        shape = (input_channels(model), *shape)
     if len(shape) == 3:
         shape = (1, *shape)
     counted = (*_CONV, *_DECONV, nn.Linear)
@@ -105,7 +120,8 @@ def flops_by_layer(model: nn.Module, input_shape: Sequence[int], *, use_meta: bo
 
 def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Total FLOPs (``2 * MACs`` of convolutions, transposed convolutions and linear layers)
-    of one forward pass at ``input_shape`` (``(N, C, H, W)``; the count covers the whole batch)."""
+    of one forward pass at ``input_shape`` (``(N, C, H, W)``, the count covers the whole batch;
+    or ``(H, W)`` for one image), e.g. ``count_flops(model, (500, 500)) / 1e9`` GFLOPs."""
     return sum(flops_by_layer(model, input_shape).values())
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .complexity import input_channels
 from .errors import UserError
 
 __all__ = ["FORMATS", "ExportResult", "resolve_model", "export_model", "export_onnx", "export_torchscript",
@@ -105,11 +106,7 @@ def _check_format(fmt: str) -> str:
 def _example(model: nn.Module, size: tuple[int, int], batch: int = 2) -> Tensor:
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    in_ch = 3
-    for m in model.modules():  # the first convolution says how many input channels the net takes
-        if isinstance(m, nn.Conv2d):
-            in_ch = m.in_channels
-            break
+    in_ch = input_channels(model)
     gen = torch.Generator().manual_seed(0)
     return torch.randn((batch, in_ch, *size), generator=gen).to(device)
 

@@ -41,10 +41,10 @@ from torch import Tensor, nn
 from .errors import UserError
 
 __all__ = ["fold_batchnorm", "depthwise_upsampling", "optimize_for_inference", "FastModel",
-           "quantize_int8", "Int8Model", "onnx_session", "cpu_has_vnni", "cpu_flags", "normalize_batch", "labels_from_logits",
+           "quantize_int8", "Int8Model", "onnx_session", "OnnxRunner", "cpu_has_vnni", "cpu_flags", "normalize_batch", "labels_from_logits",
            "DTYPES"]
 
-Mode = Literal["eager", "jit", "compile"]
+Mode = Literal["eager", "jit", "compile", "onnxruntime"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -133,6 +133,23 @@ def depthwise_upsampling(model: nn.Module) -> int:
 
 
 # --------------------------------------------------------------------------- the optimised model
+class OnnxRunner:
+    """``net`` exported to a temporary ONNX file and run by onnxruntime: tensor in, tensor out."""
+
+    def __init__(self, net: nn.Module, threads: int | None = None) -> None:
+        from .export import export_onnx
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="fcnseg-ort-")
+        self.path = export_onnx(net.cpu(), Path(self._tmp.name) / "model.onnx")
+        self.session = onnx_session(self.path, threads)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        arr = x.detach().cpu().numpy()
+        if not arr.flags.c_contiguous or arr.dtype != np.float32:
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+        return torch.from_numpy(self.session.run(["logits"], {"input": arr})[0])
+
+
 class FastModel(nn.Module):
     """An inference-only wrapper: converts the input's layout and precision, runs the optimised net.
 
@@ -168,7 +185,8 @@ class FastModel(nn.Module):
 
 def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, fold_bn: bool = True,
                            depthwise: bool = True, mode: Mode = "eager", dtype: str | torch.dtype = "fp32",
-                           example_input: Tensor | None = None, inplace: bool = False) -> FastModel:
+                           example_input: Tensor | None = None, inplace: bool = False,
+                           threads: int | None = None) -> FastModel:
     """An optimised copy of ``model`` for inference; its outputs equal the eager model's within rounding.
 
     Args:
@@ -180,11 +198,19 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, fold
             fusion; traced on ``example_input`` but shape-generic) or ``compile``
             (``torch.compile`` with Inductor weight freezing; recompiles per new input size).
         dtype: ``fp32``, ``bf16`` or ``fp16`` (weights and activations; logits come back fp32).
+            ``onnxruntime``: the optimised net exported to ONNX (dynamic sizes) and run by
+            onnxruntime's CPU engine (its blocked-layout kernels were the fastest fp32 path
+            for the VGG16 nets here; see docs/performance.md).
         example_input: a batch for ``jit`` tracing (default: ``1 x 3 x 64 x 64``).
         inplace: edit ``model`` itself instead of a deep copy.
+        threads: intra-op threads of the onnxruntime session (default: onnxruntime's choice).
     """
-    if mode not in ("eager", "jit", "compile"):
-        raise UserError(f"unknown optimisation mode {mode!r}; expected eager, jit or compile")
+    if mode not in ("eager", "jit", "compile", "onnxruntime"):
+        raise UserError(f"unknown optimisation mode {mode!r}; expected eager, jit, compile or onnxruntime")
+    if mode == "onnxruntime":
+        channels_last = False  # onnxruntime takes NCHW arrays and picks its own blocked layout
+        if (DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype) != torch.float32:
+            raise UserError("mode onnxruntime runs fp32 here; for int8 use quantize_int8")
     torch_dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if torch_dtype not in DTYPES.values():
         raise UserError(f"unsupported dtype {dtype!r}; expected one of: {', '.join(DTYPES)}")
@@ -223,6 +249,9 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, fold
     elif mode == "compile":
         runner = torch.compile(net, options={"freezing": True}, dynamic=False)
         steps.append("torch.compile (inductor, freezing)")
+    elif mode == "onnxruntime":
+        runner = OnnxRunner(net, threads=threads)
+        steps.append("exported to ONNX, onnxruntime CPU (graph optimisation ALL)")
     return FastModel(runner, channels_last=channels_last, dtype=torch_dtype, steps=steps, source=model,
                      eager_net=net)
 
@@ -285,8 +314,9 @@ class Int8Model:
     """A statically quantised net: ``__call__(x)`` takes fp32 ``N x 3 x H x W`` and returns fp32 logits."""
 
     def __init__(self, runner: Callable[[Tensor], Tensor], backend: str, method: str,
-                 path: Path | None = None, keep: Any = None) -> None:
+                 path: Path | None = None, keep: Any = None, eager_net: nn.Module | None = None) -> None:
         self._runner = runner
+        self.eager_net = eager_net  # the fp32 net that was quantised (for FLOP counts)
         self.backend = backend
         self.method = method
         self.path = path
@@ -362,7 +392,8 @@ def _quantize_onnxruntime(model: nn.Module, batches: list[Tensor], threads: int 
         return torch.from_numpy(session.run(["logits"], {"input": arr})[0])
 
     return Int8Model(run, "onnxruntime", "onnxruntime quantize_static (QDQ, per-channel s8 weights, "
-                     f"u8 activations, {len(batches)} calibration batch(es))", int8_path, keep=tmp)
+                     f"u8 activations, {len(batches)} calibration batch(es))", int8_path, keep=tmp,
+                     eager_net=net)
 
 
 def _quantize_fx(model: nn.Module, batches: list[Tensor]) -> Int8Model:

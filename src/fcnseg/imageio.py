@@ -28,7 +28,6 @@ from __future__ import annotations
 import glob as globlib
 import io
 import os
-import tempfile
 from pathlib import Path, PurePath
 from typing import Iterable, Sequence
 
@@ -38,7 +37,7 @@ from .errors import UserError
 
 __all__ = [
     "IMAGE_EXTENSIONS", "read_image", "pil_to_rgb", "as_rgb_array", "read_label_png", "write_label_png",
-    "write_rgb_png", "collect_images", "collect_image_jobs",
+    "write_rgb_png", "atomic_write", "collect_images", "collect_image_jobs",
 ]
 
 #: file name endings taken as images when a folder or glob is expanded (explicit files are always tried)
@@ -207,10 +206,29 @@ def read_label_png(path: str | Path) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- writing
-def _atomic_save(path: Path, save) -> Path:
-    """Write through a temporary file in the same folder and rename: never a half-written output."""
+def open_temp_beside(path: Path) -> tuple[int, Path]:
+    """A new hidden temporary file next to ``path``: ``(fd, temp path)``.
+
+    Unlike ``tempfile.mkstemp`` (mode 0600) the file gets the usual permissions
+    (0666 minus the umask), so outputs are readable like any other file the user writes.
+    """
+    import secrets
+
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise OSError(f"cannot create a temporary file next to {path}")
+
+
+def atomic_write(path: str | Path, save) -> Path:
+    """Call ``save(binary file)`` on a temporary file in the same folder, then rename it onto
+    ``path``: an interrupted or failed write never leaves a half-written output."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = open_temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             save(fh)
@@ -222,6 +240,7 @@ def _atomic_save(path: Path, save) -> Path:
             pass
         raise
     return path
+
 
 
 def write_label_png(path: str | Path, label: np.ndarray, palette: np.ndarray | Sequence | None = None) -> Path:
@@ -248,7 +267,7 @@ def write_label_png(path: str | Path, label: np.ndarray, palette: np.ndarray | S
         im.putpalette(pal.reshape(-1).tolist())
     else:
         im = Image.fromarray(label.astype(np.uint16))
-    return _atomic_save(path, lambda fh: im.save(fh, format="PNG", optimize=False))
+    return atomic_write(path, lambda fh: im.save(fh, format="PNG", optimize=False))
 
 
 def write_rgb_png(path: str | Path, image, compress_level: int = 6) -> Path:
@@ -256,7 +275,7 @@ def write_rgb_png(path: str | Path, image, compress_level: int = 6) -> Path:
     from PIL import Image
 
     im = image if hasattr(image, "save") else Image.fromarray(np.asarray(image, dtype=np.uint8))
-    return _atomic_save(Path(path), lambda fh: im.save(fh, format="PNG", compress_level=compress_level))
+    return atomic_write(Path(path), lambda fh: im.save(fh, format="PNG", compress_level=compress_level))
 
 
 # --------------------------------------------------------------------------- input expansion

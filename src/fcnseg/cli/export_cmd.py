@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 from ..errors import UserError
@@ -46,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UserError(f"{out.parent}: cannot create output folder ({exc.strerror or exc})") from None
     size = parse_size(args.trace_size)
-    model, meta = resolve_model(args.model, args.num_classes)
+    from ..inference import UntrainedModelWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedModelWarning)  # said below, in one line
+        model, meta = resolve_model(args.model, args.num_classes)
     try:
         result = export_model(model, out, args.format, meta=meta, opset=args.opset, example_size=size,
                               check_sizes=None if args.no_check else DEFAULT_CHECK_SIZES,
@@ -56,9 +61,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result.path} ({result.size_bytes / 2 ** 20:.1f} MB, {result.format}) in {result.seconds:.1f} s")
     for note in result.notes:
         print(f"  {note}")
+    trained = meta.get("trained", True)
     print(f"  model {meta.get('model')}, {meta['num_classes']} classes, normalisation {meta['normalization']}"
-          f"{'' if meta.get('trained', True) else ' (untrained weights)'}")
+          f"{'' if trained else ' (UNTRAINED: no weights loaded, its predictions mean nothing)'}")
     if result.checks:
         checks = ", ".join(f"{n}x{h}x{w}: {err:.1e}" for (n, h, w), err in result.checks.items())
-        print(f"  checked against PyTorch (max relative difference, N x H x W): {checks}")
+        print(f"  checked against PyTorch (max relative difference, N x H x W): {checks}"
+              + ("" if trained else "; untrained score layers output zeros, so this checks shapes only"))
     return 0

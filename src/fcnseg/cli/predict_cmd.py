@@ -99,14 +99,9 @@ def _within(path: Path, folder: Path) -> bool:
 def _save_probs(path: Path, probs) -> None:
     import numpy as np
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, np.asarray(probs, dtype=np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..imageio import atomic_write
+
+    atomic_write(path, lambda fh: np.save(fh, np.asarray(probs, dtype=np.float32)))
 
 
 def _describe(exc: BaseException) -> str:

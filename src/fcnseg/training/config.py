@@ -41,6 +41,7 @@ class TrainConfig:
     val_split: str | None = _f("val", "validation split (empty to skip validation)")
     dataset_options: dict = _f({}, "extra data set options (e.g. classes file for 'folder')")
     normalization: str | None = _f(None, "input preset: caffe or imagenet (default: the model's)")
+    input_key: str = _f("image", "sample key fed to single-input nets (image, or hha for the HHA net)")
     crop_size: list | None = _f(None, "random crop [h, w] (padded with ignore); none = full images")
     scale_range: list | None = _f(None, "random scale [min, max]; none = no scaling")
     flip: bool = _f(False, "random horizontal flips")

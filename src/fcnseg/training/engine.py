@@ -64,6 +64,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _worker_ignore_signals(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: workers leave it to the main process,
+    which saves a checkpoint and shuts them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class _StopRequested:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step and exits."""
 
@@ -110,6 +117,9 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=False)
+            # oneDNN's CPU kernels may round differently from process to process (their
+            # blocking depends on buffer alignment); the native kernels are repeatable.
+            torch.backends.mkldnn.enabled = False
             torch.backends.cudnn.benchmark = False
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         elif self.device.type == "cuda":
@@ -152,6 +162,7 @@ class Trainer:
         return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=self.sampler,
                           num_workers=self.cfg.workers, collate_fn=self.collate, drop_last=True,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
+                          worker_init_fn=_worker_ignore_signals,
                           generator=torch.Generator().manual_seed(self.cfg.seed))
 
     def _build_model(self) -> None:
@@ -290,32 +301,17 @@ class Trainer:
                     self.tb.add_scalar(f"{kind}/{k}", v, row.get("step", 0))
 
     # ------------------------------------------------------------------ validation
-    @torch.no_grad()
     def validate(self) -> dict[str, Any]:
-        from ..metrics import ConfusionMatrix
+        """The reference metrics on the validation split (sharded over processes, all-reduced)."""
+        from ..evaluate import evaluate
 
         assert self.val_set is not None
-        model = self.model
-        was_training = model.training
-        model.eval()
-        cm = ConfusionMatrix(self.num_classes, ignore_index=self.val_set.ignore_index)
-        indices = range(self.rank, len(self.val_set), self.world)
-        for i in indices:
-            sample = self.val_set[i]
-            if sample is None:
-                continue
-            x = sample["image"].unsqueeze(0).to(self.device)
-            if self.cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                logits = model(x).float()
-                if self.cfg.val_flip:
-                    logits = logits.softmax(1) + model(x.flip(3)).float().softmax(1).flip(3)
-            cm.update(logits.argmax(1).cpu(), sample["label"].unsqueeze(0))
-        cm.all_reduce()
+        was_training = self.model.training
+        result = evaluate(self.model, self.val_set, device=self.device, progress=False,
+                          flip=self.cfg.val_flip, amp=self.cfg.amp != "none" and self.device.type == "cuda")
         if was_training:
             self._train_mode()
-        return cm.compute()
+        return result.scores
 
     def _train_mode(self) -> None:
         self.model.train()
@@ -345,7 +341,7 @@ class Trainer:
         self._build_model()
         self._build_optimizer()
         self.weight = self._class_weights()
-        self.step, self.best_miou, self.best_step = 0, -1.0, -1
+        self.step, self.best_miou, self.best_step, self.last_val_step = 0, -1.0, -1, -1
         start_epoch, start_micro = 0, 0
         if self.resume_state is not None:
             st = self.resume_state
@@ -374,6 +370,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.progress and self.main),
                    unit="step", dynamic_ncols=True)
         status = "done"
+        self._done_micro = 0
         with _StopRequested() as stop:
             epoch = start_epoch
             while self.step < self.total_steps and epoch < cfg.epochs:
@@ -389,9 +386,12 @@ class Trainer:
                 status = "done"
         bar.close()
         if status == "done":
-            if self.val_set is not None and self.best_step != self.step and not cfg.val_every:
+            micro = self._done_micro
+            if micro >= self.steps_per_epoch * cfg.grad_accum:  # stopped exactly at an epoch end
+                epoch, micro = epoch + 1, 0
+            if self.val_set is not None and self.last_val_step != self.step:
                 self._validate_and_track(epoch)
-            self.save(epoch, 0)
+            self.save(epoch, micro)
             self.log({"type": "end", "step": self.step, "best_mean_iou": self.best_miou})
         if self.tb is not None:
             self.tb.close()
@@ -404,6 +404,7 @@ class Trainer:
 
     def _validate_and_track(self, epoch: int) -> None:
         scores = self.validate()
+        self.last_val_step = self.step
         row = {"type": "val", "step": self.step, "epoch": epoch,
                **{k: scores[k] for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")},
                "iou": scores["iou"]}
@@ -436,10 +437,8 @@ class Trainer:
             micro += 1
             if batch is None:  # every sample of this batch was bad (skip_bad)
                 continue
-            x = batch["image"].to(self.device, non_blocking=True)
-            y = batch["label"].to(self.device, non_blocking=True).long()
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = self._inputs(batch)
+            y = self._targets(batch)
             sync = micro % accum == 0
             ctx = model.no_sync() if (self.world > 1 and not sync) else nullcontext()
             with ctx:
@@ -449,7 +448,7 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             loss_acc += float(loss.detach()) * accum
             n_acc += 1
-            seen += x.shape[0] * self.world
+            seen += batch["label"].shape[0] * self.world
             if not sync:
                 continue
             if not self._finite_step(loss_acc / max(n_acc, 1)):
@@ -475,6 +474,7 @@ class Trainer:
             if self.step % cfg.checkpoint_every == 0:
                 self.save(epoch, micro)
             if self.step >= self.total_steps:
+                self._done_micro = micro
                 return "done"
             if stop.signum is not None:
                 self.save(epoch, micro)
@@ -485,12 +485,41 @@ class Trainer:
                 return "interrupted"
         return "epoch"
 
-    def _loss(self, out: Any, y: torch.Tensor) -> torch.Tensor:
+    def _inputs(self, batch: dict[str, Any]) -> Any:
+        """The net's input: one tensor, or a dict of modalities for multi-input nets
+        (``rgb`` is the data set's ``image``; ``depth``/``hha`` keep their names)."""
+        def prep(t: torch.Tensor) -> torch.Tensor:
+            t = t.to(self.device, non_blocking=True)
+            if t.ndim == 3:
+                t = t.unsqueeze(1)  # depth: N x H x W -> N x 1 x H x W
+            return t.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else t
+
+        modalities = getattr(self.model, "modalities", None)
+        if modalities:
+            missing = [m for m in modalities if ("image" if m == "rgb" else m) not in batch]
+            if missing:
+                raise UserError(f"model {self.cfg.model} needs modality {missing[0]!r}, which the "
+                                f"{self.cfg.dataset} data set does not provide (dataset_options: modalities?)")
+            return {m: prep(batch["image" if m == "rgb" else m]) for m in modalities}
+        return prep(batch[self.cfg.input_key])
+
+    def _targets(self, batch: dict[str, Any]) -> Any:
+        """Label map(s): heads other than the main one read ``label_<head>``."""
+        heads = getattr(self.model, "head_classes", None)
+        if heads:
+            main = getattr(self.model, "main_head", next(iter(heads)))
+            return {h: batch["label" if h == main else f"label_{h}"].to(self.device).long() for h in heads}
+        return batch["label"].to(self.device, non_blocking=True).long()
+
+    def _loss(self, out: Any, y: Any) -> torch.Tensor:
         cfg = self.cfg
         common = dict(ignore_index=255, weight=self.weight, normalize=cfg.loss_normalize,
                       label_smoothing=cfg.label_smoothing)
         if isinstance(out, dict):
-            raise UserError("multi-head models need per-head labels; use a multi-task data set")
+            # Multi-task nets (SIFT Flow): the loss sums the heads; class weights are the main head's.
+            main = getattr(self.model, "main_head", None)
+            return sum(segmentation_loss(out[h], y[h], **{**common, "weight": common["weight"] if h == main else None})
+                       for h in out)
         if cfg.loss_sampling_p > 0:
             from ..sampling import sampled_loss
 

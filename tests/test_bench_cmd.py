@@ -1,0 +1,91 @@
+"""``fcnseg bench`` runs on a tiny size with few repeats and reports every field (no timing asserts)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fcnseg.bench import BenchConfig, format_report, measure_gemm_rate, parse_size, run_bench
+from fcnseg.cli.main import main
+
+TINY = ["--size", "32x48", "--warmup", "1", "--repeats", "2", "--gemm-size", "128", "--num-classes", "3", "-q"]
+REPORT_LINES = ["model", "method", "timed", "complexity", "latency", "throughput", "compute", "memory", "prepare"]
+
+
+def check_result(r: dict) -> None:
+    assert r["size"] == [32, 48] and r["batch"] >= 1
+    assert r["gflops_per_image"] > 0 and r["params"] > 0
+    lat = r["latency_ms"]
+    assert lat["repeats"] == 2 and len(lat["times_ms"]) == 2
+    assert 0 < lat["min_ms"] <= lat["p10_ms"] <= lat["median_ms"] <= lat["p90_ms"]
+    assert r["images_per_s"] > 0 and r["achieved_gflops"] > 0
+    assert r["gemm"]["n"] == 128 and r["gemm"]["median_gflops"] > 0
+    assert r["pct_of_gemm_peak"] > 0
+    assert r["memory"]["mb"] > 0 and r["memory"]["kind"]
+    assert r["threads"] >= 1 and r["warmup"] == 1 and r["method"]
+
+
+def test_bench_with_baseline_prints_and_writes_every_field(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    rc = main(["bench", "--model", "fcn8s_lite0", *TINY, "--baseline", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    for key in REPORT_LINES + ["baseline", "speed-up"]:
+        assert any(line.startswith(key) for line in text.splitlines()), key
+    assert "% of GEMM peak" in text and "p10" in text and "p90" in text and "images/s" in text
+    r = json.loads(out.read_text())
+    check_result(r)
+    assert "folded 49 BatchNorm" in r["method"] and "channels_last" in r["method"]
+    assert r["executed_gflops_per_image"] < r["gflops_per_image"]  # depthwise upsampling skips zeros
+    assert r["baseline"]["latency_ms"]["repeats"] == 2 and r["speedup"] > 0
+    # the optimised configuration computes the same thing as the baseline
+    assert r["agreement"]["max_rel_diff"] < 1e-4 and r["agreement"]["argmax_agreement"] > 0.99
+
+
+def test_bench_end_to_end_from_decoded_image(capsys):
+    rc = main(["bench", "--model", "fcn8s_lite0", *TINY, "--end-to-end", "--baseline", "--no-channels-last"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "decoded uint8 image -> label map" in text and "label_agreement 1" in text
+
+
+def test_bench_library_onnxruntime_and_int8():
+    r = run_bench(BenchConfig(model="fcn32s_lite0", size=(32, 48), warmup=1, repeats=2, gemm_size=128,
+                              num_classes=3, backend="onnxruntime", baseline=True))
+    check_result(r)
+    assert "onnxruntime" in r["method"] and r["agreement"]["max_rel_diff"] < 1e-4
+    q = run_bench(BenchConfig(model="fcn32s_lite0", size=(32, 48), warmup=1, repeats=2, gemm_size=128,
+                              num_classes=3, dtype="int8", backend="onnxruntime", calibration_batches=1))
+    check_result(q)
+    assert "int8" in q["method"] and q["dtype"] == "int8"
+    assert "cpu" in format_report(q)
+
+
+def test_bench_frozen_alexnet_without_optimisations(capsys):
+    rc = main(["bench", "--model", "fcn32s_alexnet", *TINY, "--freeze", "--no-optimize"])
+    assert rc == 0
+    assert "TorchScript freeze" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--model", "fcn8s_lite0", "--size", "big"], "expected HxW"),
+    (["--model", "fcn8s_lite0", "--end-to-end", "--batch", "2"], "--batch 1"),
+    (["--model", "no_such_net"], "unknown model"),
+    (["--model", "fcn8s_lite0", "--device", "cuda:7"], "cuda"),
+    (["--model", "fcn8s_lite0", "--dtype", "fp16"], "fp16"),
+    (["--model", "fcn8s_lite0", "--compile", "--freeze"], "alternatives"),
+    (["--model", "fcn8s_lite0", "--repeats", "0"], "repeats"),
+])
+def test_bench_bad_input_exits_2(capsys, argv, needle):
+    rc = main(["bench", *argv, "-q"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_parse_size_and_gemm_rate():
+    assert parse_size("360x480") == (360, 480) and parse_size("64") == (64, 64)
+    import torch
+
+    g = measure_gemm_rate(torch.device("cpu"), 64, repeats=2)
+    assert g["n"] == 64 and g["best_gflops"] >= g["median_gflops"] > 0

@@ -1,0 +1,245 @@
+"""The training engine: runs, logs, resumes exactly after SIGKILL, stops cleanly on
+SIGTERM, refuses damaged checkpoints, stops on NaN, and DDP equals one process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from fcnseg.cli.main import main
+from fcnseg.errors import UserError
+from fcnseg.training import load_checkpoint, load_config, save_checkpoint
+
+H, W = 24, 32
+
+
+def _write_camvid(root: Path, n_train: int = 8, n_val: int = 3) -> Path:
+    """A tiny data set in the CamVid (SegNet) on-disk layout whose labels follow the colours."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / f"{split}annot").mkdir(exist_ok=True)
+        lines = []
+        for i in range(n):
+            label = np.zeros((H, W), np.uint8)
+            label[:, W // 2:] = 3
+            label[H // 2:, :] = rng.integers(0, 11)
+            label[0, 0] = 11  # void
+            palette = rng.integers(0, 255, (12, 3), dtype=np.uint8)
+            image = palette[label] // 2 + rng.integers(0, 60, (H, W, 3), dtype=np.uint8)
+            Image.fromarray(image).save(root / split / f"{i:03d}.png")
+            Image.fromarray(label).save(root / f"{split}annot" / f"{i:03d}.png")
+            lines.append(f"{split}/{i:03d}.png {split}annot/{i:03d}.png")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return _write_camvid(tmp_path_factory.mktemp("camvid"))
+
+
+def _config(data_root: Path, run_dir: Path, **over) -> Path:
+    cfg = {
+        "model": "fcn32s_lite0", "dataset": "camvid", "data_root": str(data_root), "val_split": "val",
+        "batch_size": 2, "epochs": 2, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
+        "loss_normalize": True, "workers": 0, "log_every": 1, "checkpoint_every": 1,
+        "val_every": 1, "run_dir": str(run_dir), "seed": 3, "deterministic": True, "threads": 1,
+        "progress": False, "flip": True,
+    }
+    cfg.update(over)
+    path = run_dir.parent / f"{run_dir.name}.yaml"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "fcnseg.cli.main", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    log = run_dir / "log.jsonl"
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if log.exists():
+            for line in log.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if row.get("type") == "train" and row["step"] >= step:
+                    return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for training progress")
+
+
+def test_train_writes_checkpoints_logs_and_weights(data_root, tmp_path):
+    run = tmp_path / "run"
+    cfg = _config(data_root, run, optimizer="adamw", lr=0.001, epochs=1, val_every=2)
+    assert main(["train", str(cfg), "--epochs", "4"]) == 0
+    for name in ("last.pt", "best.pt", "best.safetensors", "config.yaml", "log.jsonl"):
+        assert (run / name).is_file(), name
+    rows = _rows(run)
+    train = [r for r in rows if r["type"] == "train"]
+    val = [r for r in rows if r["type"] == "val"]
+    assert [r["step"] for r in train] == list(range(1, 17))  # 8 images / batch 2 x 4 epochs
+    assert [r["step"] for r in val] == [8, 16] and all(0 <= r["mean_iou"] <= 1 for r in val)
+    first, last = sum(r["loss"] for r in train[:4]), sum(r["loss"] for r in train[-4:])
+    assert last < 0.95 * first  # it learns
+    state = load_checkpoint(run / "last.pt")
+    assert state["position"] == {"epoch": 4, "micro_in_epoch": 0, "step": 16}
+    assert state["config"]["model"] == "fcn32s_lite0"
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "position", "config"} <= set(state)
+    from fcnseg.weights import read_meta
+
+    meta = read_meta(run / "best.safetensors")
+    assert meta["num_classes"] == 11 and meta["class_names"][0] == "Sky" and meta["normalization"] == "imagenet"
+    out = main(["plot", str(run)])
+    assert out == 0 and (run / "curves.png").stat().st_size > 1000
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(data_root, tmp_path):
+    full = tmp_path / "full"
+    cfg = _config(data_root, full, epochs=4, val_every=2)
+    proc = _cli("train", str(cfg))
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+
+    killed = tmp_path / "killed"
+    cfg2 = _config(data_root, killed, epochs=4, val_every=2)
+    proc = _cli("train", str(cfg2))
+    _wait_for_step(killed, 6, proc)  # epoch 1 of 4 epochs x 4 steps: mid-epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    pos = load_checkpoint(killed / "last.pt")["position"]
+    assert pos["step"] < 16, "the run finished before it was killed: nothing was tested"
+    proc = _cli("train", "--resume", str(killed))
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+
+    a = load_checkpoint(full / "last.pt")
+    b = load_checkpoint(killed / "last.pt")
+    assert a["position"] == b["position"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["best"] == b["best"]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_root, tmp_path):
+    run = tmp_path / "term"
+    proc = _cli("train", str(_config(data_root, run, epochs=50, val_split=None)))
+    _wait_for_step(run, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    err = proc.stderr.read()
+    assert code == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err and "resume" in err
+    rows = _rows(run)
+    stop = [r for r in rows if r["type"] == "interrupted"]
+    assert stop and stop[-1]["signal"] == "SIGTERM"
+    assert load_checkpoint(run / "last.pt")["position"]["step"] == stop[-1]["step"]
+
+
+def test_damaged_checkpoints_are_refused(tmp_path, data_root, capsys):
+    path = save_checkpoint({"model": {"w": torch.randn(1000)}, "config": {}}, tmp_path / "last.pt")
+    assert torch.equal(load_checkpoint(path)["model"]["w"].shape and load_checkpoint(path)["model"]["w"],
+                       load_checkpoint(path)["model"]["w"])
+    data = bytearray(path.read_bytes())
+    flipped = tmp_path / "flipped.pt"
+    i = data.find(b"PK", len(data) // 3)  # somewhere inside the payload
+    data[len(data) // 2] ^= 0xFF
+    flipped.write_bytes(data)
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(flipped)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: len(data) // 2])
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        load_checkpoint(truncated)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(truncated.read_bytes())
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_naming_the_step_or_skips(data_root, tmp_path, capsys):
+    run = tmp_path / "nan"
+    cfg = _config(data_root, run, lr=1.0e+30, momentum=0.0, loss_normalize=False, val_split=None, epochs=3)
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "at step" in err
+    run2 = tmp_path / "skip"
+    cfg2 = _config(data_root, run2, lr=1.0e+30, momentum=0.0, loss_normalize=False, val_split=None,
+                   epochs=2, nan_policy="skip")
+    assert main(["train", str(cfg2)]) == 0
+    assert any(r["type"] == "skipped" for r in _rows(run2))
+
+
+def test_config_file_overrides_and_errors(tmp_path, data_root):
+    cfg_path = _config(data_root, tmp_path / "c", lr=0.5)
+    cfg = load_config(cfg_path, {"lr": "1e-3", "crop_size": "[16, 16]", "flip": "false"})
+    assert cfg.lr == 1e-3 and cfg.crop_size == [16, 16] and cfg.flip is False and cfg.batch_size == 2
+    with pytest.raises(UserError, match="unknown option 'learning_rate'"):
+        from fcnseg.training import TrainConfig
+
+        TrainConfig.from_dict({"learning_rate": 1.0})
+    with pytest.raises(UserError, match="lr_schedule"):
+        load_config(cfg_path, {"lr_schedule": "step"})
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_every_shipped_config_loads(tmp_path):
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 6
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.model
+
+
+def test_resume_refuses_to_change_the_recipe(data_root, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", str(_config(data_root, run, epochs=1, val_split=None))]) == 0
+    assert main(["train", "--resume", str(run), "--lr", "0.5"]) == 2
+    assert "cannot change on --resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert load_checkpoint(run / "last.pt")["position"]["step"] == 8
+
+
+def test_ddp_two_processes_equal_one_process(data_root, tmp_path):
+    """2 gloo processes x batch 1 == 1 process x batch 2 (same global batch), BN frozen."""
+    common = dict(epochs=1, val_split=None, freeze_bn=True, loss_normalize=True, flip=False,
+                  optimizer="sgd", lr=0.05, momentum=0.9)
+    single = tmp_path / "single"
+    assert main(["train", str(_config(data_root, single, batch_size=2, **common))]) == 0
+    ddp = tmp_path / "ddp"
+    cfg = _config(data_root, ddp, batch_size=1, **common)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    res = subprocess.run(torchrun + ["-m", "fcnseg.cli.main", "train", str(cfg)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = load_checkpoint(single / "last.pt"), load_checkpoint(ddp / "last.pt")
+    assert a["position"]["step"] == b["position"]["step"] == 4
+    changed = 0
+    for key, value in a["model"].items():
+        assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-6, rtol=1e-5), key
+        changed += int(not torch.equal(value, load_checkpoint(single / "last.pt")["model"][key] * 0 + value))
+    init_diff = sum(float((v.float() - b["model"][k].float()).abs().sum()) for k, v in a["model"].items())
+    assert init_diff < 1e-3
