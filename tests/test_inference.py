@@ -166,15 +166,22 @@ def test_weights_that_do_not_fit(tmp_path):
 
 
 def test_training_checkpoint(tmp_path, model):
+    """A checkpoint as ``fcnseg train`` writes it (verified wrapper, ``meta`` entry, DDP key prefixes)."""
+    from fcnseg.training.checkpoint import save_checkpoint
+    from fcnseg.viz import camvid_palette
+
     net = random_fcn()
     state = {f"module.{k}": v for k, v in net.state_dict().items()}  # as saved from DDP
-    ckpt = {"model": state, "config": {"model": "fcn8s_lite0", "num_classes": 11, "class_names": CAMVID_NAMES,
-                                       "normalization": "imagenet", "model_options": {}},
-            "epoch": 3, "optimizer": {"lr": 0.1}}
-    path = tmp_path / "last.pt"
-    torch.save(ckpt, path)
-    m = load_model(path)
+    palette = (255 - camvid_palette()).tolist()  # not the default: proves the meta palette is used
+    ckpt = {"model": state, "optimizer": {}, "scheduler": {}, "scaler": {}, "rng": {},
+            "position": {"epoch": 3, "micro_in_epoch": 0, "step": 30}, "best": {"mean_iou": 0.1, "step": 20},
+            "config": {"model": "fcn8s_lite0", "dataset": "camvid", "model_options": {}},
+            "meta": {"model": "fcn8s_lite0", "num_classes": 11, "class_names": CAMVID_NAMES, "palette": palette,
+                     "normalization": "imagenet", "options": {"pretrained_backbone": True}, "dataset": "camvid"}}
+    path = save_checkpoint(ckpt, tmp_path / "last.pt")
+    m = fcnseg.load_model(path)
     assert m.num_classes == 11 and m.class_names == CAMVID_NAMES and m.name == "last"
+    assert m.palette.tolist() == palette and m.info.meta["dataset"] == "camvid"
     img = image(40, 56)
     with torch.inference_mode():
         ref = net(normalize(img, "imagenet")[None]).argmax(1)[0].numpy()
@@ -182,24 +189,54 @@ def test_training_checkpoint(tmp_path, model):
     with pytest.raises(UserError, match="11 classes but num_classes=3"):
         load_model(path, num_classes=3)
 
+    # an older checkpoint without 'meta': the config describes the model
+    del ckpt["meta"]
+    ckpt["config"].update({"num_classes": 11, "class_names": CAMVID_NAMES, "normalization": "imagenet"})
+    old = load_model(save_checkpoint(ckpt, tmp_path / "old.pt"))
+    assert old.class_names == CAMVID_NAMES and old.info.meta["dataset"] == "camvid"
+    np.testing.assert_array_equal(old.predict(img), ref)
+
+    # a damaged checkpoint is refused in one line, never half-loaded
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "flipped.pt").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="flipped.pt: .*corrupt"):
+        load_model(tmp_path / "flipped.pt")
+
 
 class Evil:
-    """Unpickling this would call os.system: weights_only loading must refuse it."""
+    """Unpickling this would create a file: weights_only loading must refuse it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
 
     def __reduce__(self):
-        import os
-
-        return (os.system, ("echo pwned",))
+        return (open, (self.marker, "w"))
 
 
 def test_checkpoint_is_loaded_safely(tmp_path):
+    import hashlib
+    import io
+
+    from fcnseg.training.checkpoint import FORMAT
+
+    marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"model": {}, "config": {"model": "fcn8s_lite0"}, "x": Evil()}, path)
-    with pytest.raises(UserError, match="evil.pt: not a readable fcnseg checkpoint"):
+    torch.save({"model": {}, "config": {"model": "fcn8s_lite0"}, "x": Evil(marker)}, path)
+    with pytest.raises(UserError, match="evil.pt: corrupt or truncated checkpoint"):
         load_model(path)
+    # the same pickle inside a well-formed wrapper with a correct digest: still refused
+    buf = io.BytesIO()
+    torch.save({"model": {}, "x": Evil(marker)}, buf)
+    payload = buf.getvalue()
+    torch.save({"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, tmp_path / "wrapped.pt")
+    with pytest.raises(UserError, match="wrapped.pt: checkpoint payload is not loadable safely"):
+        load_model(tmp_path / "wrapped.pt")
+    assert not marker.exists()
     bare = tmp_path / "bare.pt"
     torch.save(random_fcn().state_dict(), bare)
-    with pytest.raises(UserError, match="bare state dict"):
+    with pytest.raises(UserError, match="bare.pt: not an fcnseg training checkpoint"):
         load_model(bare)
 
 

@@ -113,6 +113,13 @@ def test_train_writes_checkpoints_logs_and_weights(data_root, tmp_path):
 
     meta = read_meta(run / "best.safetensors")
     assert meta["num_classes"] == 11 and meta["class_names"][0] == "Sky" and meta["normalization"] == "imagenet"
+    import fcnseg  # the checkpoint serves inference as well as resuming: same net as best.safetensors
+
+    from_ckpt, from_weights = fcnseg.load_model(run / "best.pt"), fcnseg.load_model(run / "best.safetensors")
+    assert from_ckpt.class_names == from_weights.class_names and from_ckpt.info.meta["dataset"] == "camvid"
+    image = np.asarray(Image.open(data_root / "val" / "000.png").convert("RGB"))
+    np.testing.assert_array_equal(from_ckpt.predict(image, return_probs=True)[1],
+                                  from_weights.predict(image, return_probs=True)[1])
     out = main(["plot", str(run)])
     assert out == 0 and (run / "curves.png").stat().st_size > 1000
 
@@ -243,3 +250,22 @@ def test_ddp_two_processes_equal_one_process(data_root, tmp_path):
         changed += int(not torch.equal(value, load_checkpoint(single / "last.pt")["model"][key] * 0 + value))
     init_diff = sum(float((v.float() - b["model"][k].float()).abs().sum()) for k, v in a["model"].items())
     assert init_diff < 1e-3
+
+
+def test_staged_training_init_from_coarser_net(data_root, tmp_path, capsys):
+    """32s -> 16s: the finer net starts from the coarser run's best weights."""
+    coarse = tmp_path / "c32"
+    assert main(["train", str(_config(data_root, coarse, epochs=1, optimizer="adamw", lr=0.001))]) == 0
+    fine = tmp_path / "f16"
+    cfg = _config(data_root, fine, model="fcn16s_lite0", epochs=1, max_iters=1, optimizer="adamw", lr=1e-9,
+                  init_from=str(coarse / "best.safetensors"), val_split=None)
+    assert main(["train", str(cfg)]) == 0
+    assert "tensors copied" in capsys.readouterr().err
+    from fcnseg.weights import load_weights
+
+    src = load_weights(coarse / "best.safetensors")[0]
+    dst = load_checkpoint(fine / "last.pt")["model"]
+    w = "backbone._blocks.3._depthwise_conv.weight"
+    assert torch.allclose(src[w], dst[w], atol=1e-6)  # one tiny step later
+    bad = _config(data_root, tmp_path / "bad", model="fcn16s_lite0", init_from=str(tmp_path / "none.pt"))
+    assert main(["train", str(bad)]) == 2

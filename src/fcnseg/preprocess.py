@@ -42,7 +42,7 @@ def get_normalization(name: str | Normalization) -> Normalization:
 def normalize(image: np.ndarray | Tensor, preset: str | Normalization = "imagenet") -> Tensor:
     """RGB uint8 ``H x W x 3`` (array or tensor) -> float32 ``3 x H x W`` tensor for the net.
 
-    One pass: channel flip, scale, mean and std are folded into a single multiply-add.
+    The result is on the input's device (a CUDA tensor stays on its GPU). One pass: channel flip, scale, mean and std are folded into a single multiply-add.
     """
     norm = get_normalization(preset)
     t = torch.as_tensor(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
@@ -51,8 +51,10 @@ def normalize(image: np.ndarray | Tensor, preset: str | Normalization = "imagene
     t = t.permute(2, 0, 1)
     if norm.bgr:
         t = t.flip(0)
-    mul = torch.tensor([norm.scale / s for s in norm.std], dtype=torch.float32).view(3, 1, 1)
-    add = torch.tensor([-m / s for m, s in zip(norm.mean, norm.std)], dtype=torch.float32).view(3, 1, 1)
+    # on the input's device: a CUDA image is normalised on the GPU, without a host round trip
+    mul = torch.tensor([norm.scale / s for s in norm.std], dtype=torch.float32, device=t.device).view(3, 1, 1)
+    add = torch.tensor([-m / s for m, s in zip(norm.mean, norm.std)], dtype=torch.float32,
+                       device=t.device).view(3, 1, 1)
     return torch.addcmul(add, t.to(torch.float32), mul).contiguous()
 
 

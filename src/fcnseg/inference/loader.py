@@ -7,9 +7,10 @@ Resolution order:
    (an :class:`UntrainedModelWarning` says so; its predictions mean nothing);
 3. a ``.safetensors`` file written by fcnseg (its metadata names the model, classes,
    palette, normalisation and build options);
-4. a training checkpoint ``.pt``/``.pth``/``.ckpt`` of ``fcnseg train`` (a dict with
-   ``model`` = state dict and ``config`` = plain dict), read with
-   ``torch.load(weights_only=True)``, so a malicious pickle cannot run code;
+4. a training checkpoint ``.pt``/``.pth``/``.ckpt`` of ``fcnseg train``, read and verified by
+   :func:`fcnseg.training.checkpoint.load_checkpoint` (``torch.load(weights_only=True)``
+   inside, so a malicious pickle cannot run code); the model is described by its
+   ``meta`` entry, or by its ``config`` where there is no ``meta``;
 5. an ``.onnx`` file from ``fcnseg export``, run by onnxruntime.
 
 Every mistake (missing file, wrong format, weights that do not fit the model, a
@@ -179,34 +180,43 @@ def _from_safetensors(path: Path, name: str, num_classes: int | None) -> tuple[n
     return net, info
 
 
-def _from_checkpoint(path: Path, name: str, num_classes: int | None) -> tuple[nn.Module, ModelInfo]:
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such checkpoint file") from None
-    except Exception as exc:  # UnpicklingError for disallowed objects, RuntimeError for non-zip files, ...
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
-        raise UserError(f"{path}: not a readable fcnseg checkpoint ({first})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt.get("config"), dict):
-        raise UserError(f"{path}: not an fcnseg training checkpoint (expected a dict with 'model' "
-                        "and 'config'; a bare state dict has no record of its model)")
-    config = ckpt["config"]
-    state = ckpt["model"]
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: checkpoint's 'model' entry is not a state dict")
-    state = _strip_prefixes(state)
-    state = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in state.items()}
-    meta = {
+def _checkpoint_meta(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The model's metadata: the checkpoint's ``meta`` (written by ``fcnseg train``), completed
+    from its ``config`` (older checkpoints, or hand-made ones, have only the config)."""
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    meta = dict(ckpt["meta"]) if isinstance(ckpt.get("meta"), dict) else {}
+    fallback = {
         "model": config.get("model"),
         "num_classes": config.get("num_classes"),
         "class_names": config.get("class_names"),
         "palette": config.get("palette"),
         "normalization": config.get("normalization"),
-        "options": config.get("model_options") or config.get("options") or {},
+        "options": config.get("model_options") or config.get("options"),
+        "dataset": config.get("dataset"),
     }
+    for k, v in fallback.items():
+        if meta.get(k) is None and v is not None:
+            meta[k] = v
     meta = {k: v for k, v in meta.items() if v is not None}
     if isinstance(meta.get("model"), dict):  # a nested model section: {"name": ..., ...}
         meta["model"] = meta["model"].get("name")
+    return meta
+
+
+def _from_checkpoint(path: Path, name: str, num_classes: int | None) -> tuple[nn.Module, ModelInfo]:
+    from ..training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)  # verified: a damaged or foreign file is a one-line UserError
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise UserError(f"{path}: fcnseg checkpoint without a 'model' entry")
+    state = ckpt["model"]
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: checkpoint's 'model' entry is not a state dict")
+    meta = _checkpoint_meta(ckpt)
+    if not meta.get("model"):
+        raise UserError(f"{path}: checkpoint records neither 'meta' nor 'config' naming its model")
+    state = _strip_prefixes(state)
+    state = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in state.items()}
     info = _info_from_meta(meta, name=name, source=str(path), num_classes=num_classes,
                            inferred_classes=_classes_in_state(state))
     net = _build(info)

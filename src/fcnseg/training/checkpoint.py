@@ -35,6 +35,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:120] if text else exc.__class__.__name__
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically: temp file, fsync, rename, fsync the folder."""
     path = Path(path)
@@ -65,13 +70,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         wrapper = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"{path}: corrupt or truncated checkpoint ({str(exc).splitlines()[0][:120]})") from None
+        raise UserError(f"{path}: corrupt or truncated checkpoint ({_first_line(exc)})") from None
     if not isinstance(wrapper, dict) or wrapper.get("format") != FORMAT:
         raise UserError(f"{path}: not an fcnseg training checkpoint (expected format {FORMAT})")
-    payload = wrapper["payload"].numpy().tobytes()
+    payload_t = wrapper.get("payload")
+    if not torch.is_tensor(payload_t) or not isinstance(wrapper.get("sha256"), str):
+        raise UserError(f"{path}: not an fcnseg training checkpoint (no payload/sha256 entries)")
+    payload = payload_t.numpy().tobytes()
     if hashlib.sha256(payload).hexdigest() != wrapper["sha256"]:
         raise UserError(f"{path}: checkpoint is corrupt (SHA-256 mismatch); use an earlier checkpoint")
-    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    try:  # the digest proves integrity, not origin: the payload is still loaded weights-only
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path}: checkpoint payload is not loadable safely "
+                        f"({_first_line(exc)})") from None
 
 
 def is_checkpoint(path: str | Path) -> bool:

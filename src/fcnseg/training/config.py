@@ -39,6 +39,8 @@ class TrainConfig:
     data_root: str = _f("../shared/data/camvid", "data set root folder")
     train_split: str = _f("train", "training split")
     val_split: str | None = _f("val", "validation split (empty to skip validation)")
+    val_dataset: str | None = _f(None, "validation data set name if not the training one (VOC: train sbd, validate voc)")
+    val_data_root: str | None = _f(None, "validation data set root if not data_root")
     dataset_options: dict = _f({}, "extra data set options (e.g. classes file for 'folder')")
     normalization: str | None = _f(None, "input preset: caffe or imagenet (default: the model's)")
     input_key: str = _f("image", "sample key fed to single-input nets (image, or hha for the HHA net)")

@@ -140,8 +140,11 @@ class Trainer:
             raise UserError(f"{cfg.data_root}: the {cfg.train_split!r} split is empty")
         self.val_set = None
         if cfg.val_split:
-            self.val_set = get_dataset(cfg.dataset, cfg.data_root, cfg.val_split,
-                                       transform=eval_transforms(norm), **cfg.dataset_options)
+            self.val_set = get_dataset(cfg.val_dataset or cfg.dataset, cfg.val_data_root or cfg.data_root,
+                                       cfg.val_split, transform=eval_transforms(norm), **cfg.dataset_options)
+            if self.val_set.num_classes != self.train_set.num_classes:
+                raise UserError(f"validation data set has {self.val_set.num_classes} classes but the training "
+                                f"set has {self.train_set.num_classes}")
         if cfg.crop_size is None and cfg.batch_size > 1:
             pass  # whole images of one size (CamVid) batch fine; mixed sizes fail clearly in collate
         self.sampler = ResumableSampler(len(self.train_set), cfg.batch_size * self.world, seed=cfg.seed,
@@ -176,18 +179,32 @@ class Trainer:
         if cfg.backbone_weights and self.resume_state is None:
             from .. import surgery
 
-            state = torch.load(cfg.backbone_weights, map_location="cpu", weights_only=True)
-            trunk = getattr(model.backbone, "__class__").__name__.lower()
-            arch = "alexnet" if "alexnet" in trunk else "vgg16"
-            missing = model.load_state_dict(surgery.convolutionalize(state, arch), strict=False)
+            path = Path(cfg.backbone_weights)
+            if path.suffix == ".safetensors":  # already converted by `fcnseg convert` (fcnseg names)
+                state = _read_state(str(path))
+                state = {k: v for k, v in state.items() if k.startswith("backbone.")}
+            else:  # a torchvision-format ImageNet classifier: convolutionalize fc6/fc7
+                if not path.is_file():
+                    raise UserError(f"{path}: backbone weights file not found")
+                raw = torch.load(path, map_location="cpu", weights_only=True)
+                arch = "alexnet" if "alexnet" in cfg.model else "vgg16"
+                state = surgery.convolutionalize(raw, arch)
+            report = surgery.transplant(state, model)
             if self.main:
-                print(f"backbone weights from {cfg.backbone_weights}; not in file: {len(missing.missing_keys)} "
-                      f"tensors (score layers)", file=sys.stderr)
+                tqdm_write(f"backbone weights from {path}: {len(report.copied)} tensors copied, "
+                           f"{len(report.untouched)} left at their initialisation")
+            if not report.copied:
+                raise UserError(f"{path}: no tensor fits model {cfg.model}; wrong file or architecture")
         if cfg.init_from and self.resume_state is None:
             from .. import surgery
 
             coarse = _read_state(cfg.init_from)
-            surgery.transplant(coarse, model)
+            report = surgery.transplant(coarse, model)
+            if not report.copied:
+                raise UserError(f"{cfg.init_from}: no tensor fits model {cfg.model}; wrong file or architecture")
+            if self.main:
+                tqdm_write(f"init from {cfg.init_from}: {len(report.copied)} tensors copied, "
+                           f"{len(report.untouched)} new (skip score layers start at zero)")
         self.model_name = cfg.model
         self.normalization = cfg.normalization or getattr(model, "normalization", "imagenet")
         model.to(self.device)
