@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import sys
@@ -96,16 +97,22 @@ def run(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     options = _parse_options(args.dataset_option)
 
-    resolved = _resolve_model(args.model)
-    dataset_name = args.dataset or resolved.meta.get("dataset")
+    segmenter = _load(args.model, device)
+    dataset_name = args.dataset or segmenter.info.meta.get("dataset")
     if not dataset_name:
         raise UserError(f"{args.model}: no data set recorded with this model; pass --dataset")
+    options = {**_input_options(segmenter.net, dataset_name), **options}
     dataset = get_dataset(dataset_name, args.root, args.split, **options)
-    model = resolved.build(dataset.num_classes)
-    if resolved.untrained:
+    if not segmenter.trained and segmenter.num_classes != dataset.num_classes:
+        segmenter = _load(args.model, device, num_classes=dataset.num_classes)  # size the untrained output
+    if not segmenter.trained:
         print(f"fcnseg eval: warning: {args.model!r} is an untrained architecture; expect near-chance scores",
               file=sys.stderr)
-    norm = args.normalization or resolved.normalization or getattr(model, "normalization", "imagenet")
+    elif segmenter.num_classes != dataset.num_classes:
+        raise UserError(f"{args.model}: the model predicts {segmenter.num_classes} classes but the data set has "
+                        f"{dataset.num_classes}; evaluate it on the data set it was trained for")
+    model = segmenter.net
+    norm = args.normalization or segmenter.normalization
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # DataLoader chatter; real problems are UserErrors
         result = evaluate(model, dataset, device=device, normalization=norm, progress=not args.quiet,
@@ -115,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if result.num_images == 0:
         raise UserError(f"all {total} images of {dataset_name} {args.split} were bad; nothing to score")
 
-    title = (f"{resolved.label} on {dataset_name} {args.split}: {result.num_images} images, "
+    title = (f"{args.model} on {dataset_name} {args.split}: {result.num_images} images, "
              f"{result.seconds:.1f} s ({device}, {norm} normalisation)")
     print(format_table(result.confusion.compute(), result.class_names, title))
     for head, (cm, names) in result.heads.items():
@@ -126,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
     if json_path is not None:
         data = result.to_dict()
-        data.update({"model": args.model, "architecture": resolved.model_name, "dataset": dataset_name,
+        data.update({"model": args.model, "architecture": segmenter.model, "dataset": dataset_name,
                      "root": str(args.root), "split": args.split, "normalization": norm, "flip": args.flip})
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(_nan_to_none(data), indent=2) + "\n")
@@ -205,91 +212,40 @@ def save_confusion_figure(mat: Any, class_names: list[str], path: Path, title: s
 
 
 # --------------------------------------------------------------------------- model resolution
-# Interim: once ``fcnseg.inference.load_model`` is complete, it should replace this
-# (one resolution rule for predict, eval and export).
-class _Resolved:
-    """A model to build: architecture name, state dict (None: untrained), metadata."""
+def _load(spec: str, device, num_classes: int | None = None):
+    """The model through :func:`fcnseg.inference.load_model` (one resolution rule for predict and
+    eval); eval scores the PyTorch net itself, so an ONNX file is refused here."""
+    from ..inference import UntrainedModelWarning, load_model
 
-    def __init__(self, label: str, model_name: str, state: dict | None, meta: dict[str, Any]) -> None:
-        self.label, self.model_name, self.state, self.meta = label, model_name, state, meta
-        self.untrained = state is None
-        self.normalization = meta.get("normalization")
-
-    def build(self, dataset_classes: int):
-        from ..models import get_model
-
-        n = self.meta.get("num_classes") or dataset_classes
-        if self.state is not None and n != dataset_classes:
-            raise UserError(f"{self.label}: the model predicts {n} classes but the data set has "
-                            f"{dataset_classes}; evaluate it on the data set it was trained for")
-        opts = {k: v for k, v in (self.meta.get("options") or {}).items() if k != "pretrained_backbone"}
-        model = get_model(self.model_name, num_classes=n, **opts)
-        if self.state is not None:
-            try:
-                model.load_state_dict(self.state, strict=True)
-            except RuntimeError as exc:
-                first = str(exc).splitlines()[0]
-                raise UserError(f"{self.label}: weights do not fit {self.model_name} ({first})") from None
-        return model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedModelWarning)  # eval prints its own one-line warning
+        segmenter = load_model(spec, device=device, num_classes=num_classes)
+    if segmenter.net is None:
+        raise UserError(f"{spec}: fcnseg eval runs PyTorch models (a model name, .safetensors or .pt); "
+                        f"an {segmenter.backend} model can be used with fcnseg predict")
+    return segmenter
 
 
-def _resolve_model(spec: str) -> _Resolved:
-    from ..models import list_models
+def _input_options(net, dataset_name: str) -> dict[str, Any]:
+    """Data-set options a multi-input net needs: the modalities it reads (NYUD: image, depth, hha)."""
+    from ..data import dataset_class
 
-    path = Path(spec).expanduser()
-    suffix = path.suffix.lower()
-    if suffix in (".safetensors", ".pt", ".pth", ".ckpt") or path.is_file():
-        if not path.is_file():
-            raise UserError(f"{path}: no such model file")
-        if suffix == ".safetensors":
-            from ..weights import load_weights
-
-            state, meta = load_weights(path)
-        elif suffix in (".pt", ".pth", ".ckpt"):
-            from ..training.checkpoint import load_checkpoint
-
-            ckpt = load_checkpoint(path)
-            state = ckpt.get("model")
-            cfg = ckpt.get("config") or {}
-            meta = dict(ckpt.get("meta") or {})
-            meta.setdefault("model", cfg.get("model"))
-            meta.setdefault("num_classes", cfg.get("num_classes"))
-            meta.setdefault("options", cfg.get("model_options") or {})
-            meta.setdefault("dataset", cfg.get("dataset"))
-            meta.setdefault("normalization", cfg.get("normalization"))
-            if not isinstance(state, dict):
-                raise UserError(f"{path}: checkpoint holds no model state")
-        else:
-            raise UserError(f"{path}: unknown model file type {suffix or '(none)'}; expected .safetensors or .pt")
-        name = meta.get("model")
-        if not name or name not in list_models():
-            raise UserError(f"{path}: its metadata names no known architecture (model={name!r})")
-        return _Resolved(str(path), name, state, meta)
-    try:  # a shipped model name: fcnseg/weights/<name>.safetensors
-        from ..inference.loader import shipped_weights_path
-
-        shipped = shipped_weights_path(spec)
-    except ImportError:
-        shipped = Path(__file__).resolve().parents[1] / "weights" / f"{spec}.safetensors"
-    if shipped.is_file():
-        return _resolve_model(str(shipped))
-    if spec in list_models():
-        return _Resolved(spec, spec, None, {})
-    raise UserError(f"unknown model {spec!r}: not a file, a shipped model or an architecture "
-                    f"({', '.join(list_models())})")
+    modalities = getattr(net, "modalities", None)
+    if not modalities:
+        return {}
+    wanted = tuple("image" if m in ("rgb", "color", "image") else m for m in modalities)
+    if "modalities" not in inspect.signature(dataset_class(dataset_name).__init__).parameters:
+        raise UserError(f"the model reads {' + '.join(modalities)} but the {dataset_name} data set gives RGB "
+                        "images only; evaluate it on a data set with those inputs (nyud)")
+    return {"modalities": wanted}
 
 
 def _resolve_device(name: str):
+    """``auto`` (CUDA when there is one) or a device checked by the inference backend's rule."""
     import torch
 
+    from ..inference.backends import resolve_device
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UserError(f"unknown device {name!r}; expected cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available here (use --device cpu)")
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"unsupported device {name!r}; expected cpu, cuda, cuda:N or auto")
-    return dev
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(name)
