@@ -36,6 +36,22 @@ def write_camvid(root: Path, n: int = 3, segnet_paths: bool = False, ext: str = 
     return labels
 
 
+def test_images_are_read_on_their_stored_grid(tmp_path):
+    """Data-set images use fcnseg.imageio's reader but not its EXIF rotation: labels are
+    drawn on the stored pixel grid, so a rotated image would no longer fit its label."""
+    from fcnseg.imageio import read_image
+
+    raw = write_camvid(tmp_path, n=1, ext="jpg")
+    img = tmp_path / "train" / "f0.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    stored = np.asarray(Image.open(img).convert("RGB"))
+    Image.fromarray(stored).save(img, exif=exif.tobytes(), quality=95)
+    assert read_image(img).shape == (32, 24, 3)  # a viewer's (predict's) orientation
+    s = get_dataset("camvid", tmp_path, "train")[0]
+    assert s["image"].shape == (24, 32, 3) and s["label"].shape == raw[0].shape
+
+
 def test_names_and_metadata(tmp_path):
     assert {"camvid", "voc", "sbd", "pascal-context", "nyud", "siftflow", "folder"} <= set(list_datasets())
     write_camvid(tmp_path)
@@ -87,9 +103,9 @@ def test_bad_inputs_name_the_file(tmp_path):
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "trainannot" / "f2.png")
     Image.fromarray(np.full((24, 32), 40, np.uint8)).save(tmp_path / "trainannot" / "f3.png")
     ds = get_dataset("camvid", tmp_path, "train")
-    with pytest.raises(UserError, match=r"f0\.png: image file not found"):
+    with pytest.raises(UserError, match=r"f0\.png: no such image file"):
         ds[0]
-    with pytest.raises(UserError, match=r"f1\.png: unreadable image"):
+    with pytest.raises(UserError, match=r"f1\.png: not an image file"):
         ds[1]
     with pytest.raises(UserError, match=r"f2\.png: label is 10x10 but the image .*f2\.png is 32x24"):
         ds[2]

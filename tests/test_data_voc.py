@@ -70,7 +70,7 @@ def test_voc_seg11valid_matches_reference_and_is_leak_free(tmp_path):
     ds = get_dataset("voc", tmp_path, "seg11valid")
     assert len(ds) == 736
     assert ds[0]["label"].shape == (20, 30)
-    with pytest.raises(UserError, match="2007_000061.jpg: image file not found"):
+    with pytest.raises(UserError, match="2007_000061.jpg: no such image file"):
         ds[2]
 
 

@@ -176,7 +176,7 @@ def test_bad_input_exit_codes(small_camvid, tmp_path, capsys):
     assert "empty.txt: split list is empty" in capsys.readouterr().err
     assert main(base + ["--root", str(small_camvid)]) == 2
     err = capsys.readouterr().err
-    assert f"{bad.name}: unreadable image" in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    assert f"{bad.name}: not an image file" in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
     assert main(base + ["--root", str(small_camvid), "--skip-bad", "--json", str(tmp_path / "s.json")]) == 0
     assert "skipped 1 of 3 images" in capsys.readouterr().err
     data = json.loads((tmp_path / "s.json").read_text())

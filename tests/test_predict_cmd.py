@@ -17,6 +17,7 @@ from fcnseg.cli.main import main
 from fcnseg.imageio import read_label_png
 from fcnseg.inference import load_model
 from fcnseg.models import get_model
+from fcnseg.preprocess import normalize
 from fcnseg.weights import save_weights
 
 
@@ -239,3 +240,62 @@ def test_outputs_have_ordinary_permissions(weights, images, tmp_path):
     for name in ("a.png", "a_overlay.png", "a_probs.npy"):
         assert (out / name).stat().st_mode & 0o777 == 0o644, name
     assert not list(out.glob(".*"))  # no temporary files left
+
+
+# ----------------------------------------------------------------------------- multi-input / multi-head nets
+@pytest.fixture(scope="module")
+def multitask_weights(tmp_path_factory) -> Path:
+    """fcn8s_lite0_multitask (sem 33 + geo 3) with random non-zero score layers, as a weights file."""
+    torch.manual_seed(1)
+    net = get_model("fcn8s_lite0_multitask")
+    for head in net.heads.values():
+        for name in ("score_fr", "score_pool4", "score_pool3"):
+            nn.init.normal_(getattr(head, name).weight, std=0.05)
+    calibrate_batchnorm(net)
+    path = tmp_path_factory.mktemp("mt") / "siftflow.safetensors"
+    save_weights(net.state_dict(), path, {"model": "fcn8s_lite0_multitask", "num_classes": 33,
+                                          "normalization": "imagenet", "options": {},
+                                          "head_class_names": {"geo": ["sky", "horizontal", "vertical"]}})
+    return path
+
+
+def test_two_head_model_writes_one_label_map_per_head(multitask_weights, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["predict", str(images), "--model", str(multitask_weights), "--out", str(out), "--probs",
+                 "--batch-size", "2", "--quiet"]) == 0, capsys.readouterr().err
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["a.png", "a_geo.png", "a_probs.npy", "b.png", "b_geo.png", "b_probs.npy",
+                       "sub/c.png", "sub/c_geo.png", "sub/c_probs.npy"]
+    model = load_model(multitask_weights)
+    geo = model.head("geo")
+    assert model.heads == {"sem": 33, "geo": 3} and geo.class_names == ["sky", "horizontal", "vertical"]
+    net = model.net
+    for stem, src in [("a", images / "a.jpg"), ("b", images / "b.png")]:
+        img = np.array(Image.open(src).convert("RGB"))
+        with torch.inference_mode():
+            raw = net(normalize(img, "imagenet")[None])  # the net itself: {"sem": ..., "geo": ...}
+        np.testing.assert_array_equal(read_label_png(out / f"{stem}.png"), raw["sem"].argmax(1)[0].numpy())
+        np.testing.assert_array_equal(read_label_png(out / f"{stem}_geo.png"), raw["geo"].argmax(1)[0].numpy())
+        assert np.load(out / f"{stem}_probs.npy").shape == (33, *img.shape[:2])
+    assert len(np.unique(read_label_png(out / "a_geo.png"))) > 1  # the geo head really was read
+
+
+def test_two_head_model_tiled_equals_whole(multitask_weights, tmp_path):
+    src = tmp_path / "wide.png"
+    Image.fromarray(picture(40, 1300)).save(src)
+    for name, extra in {"whole": ["--tile", "0"], "tiled": ["--tile", "160"]}.items():
+        assert main(["predict", str(src), "--model", str(multitask_weights), "--out", str(tmp_path / name),
+                     "--quiet", *extra]) == 0
+    for label in ("wide.png", "wide_geo.png"):
+        whole, tiled = read_label_png(tmp_path / "whole" / label), read_label_png(tmp_path / "tiled" / label)
+        assert (whole == tiled).mean() > 0.999, label  # exact (the heads' reach sets the margin) but for ties
+
+
+@pytest.mark.parametrize("model,needs", [("fcn8s_lite0_rgbd", "rgb (3 channels) + depth (1 channel)"),
+                                         ("fcn8s_lite0_rgb_hha", "rgb (3 channels) + hha (3 channels)")])
+def test_multi_input_model_is_refused_naming_its_inputs(model, needs, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["predict", str(images), "--model", model, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"needs {needs} inputs" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -42,3 +42,15 @@ def test_cuda_tensor_is_normalised_on_the_gpu(preset):
     out = normalize(torch.from_numpy(img).cuda(), preset)
     assert out.is_cuda
     torch.testing.assert_close(out.cpu(), normalize(img, preset))
+
+
+def test_read_only_array_is_accepted_without_a_warning():
+    import warnings
+
+    img = _image()
+    img.flags.writeable = False  # as np.asarray(PIL image) gives
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = normalize(img, "imagenet")
+    img.flags.writeable = True
+    assert torch.equal(out, normalize(img, "imagenet"))

@@ -394,3 +394,13 @@ def test_transplant_widens_the_first_conv_for_early_fusion():
                                    rtol=1e-5, atol=1e-5)
     strict = surgery.transplant(rgb, get_model("fcn8s_lite0_rgbd"), expand_inputs=False)
     assert strict.expanded == [] and strict.shape_mismatch == ["backbone._conv_stem.weight"]
+
+
+def test_rarefy_is_reexported_from_surgery():
+    from fcnseg.rarefy import rarefy
+
+    net = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(1, 1, 3, padding=1))
+    x = torch.randn(1, 1, 8, 8)
+    assert surgery.rarefy is rarefy and "rarefy" in surgery.__all__
+    dense = surgery.rarefy(net, "1", 2)(x)  # pool stride 2 -> 1: twice as dense, same values on the grid
+    torch.testing.assert_close(dense[..., ::2, ::2], net(x))

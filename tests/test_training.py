@@ -269,3 +269,33 @@ def test_staged_training_init_from_coarser_net(data_root, tmp_path, capsys):
     assert torch.allclose(src[w], dst[w], atol=1e-6)  # one tiny step later
     bad = _config(data_root, tmp_path / "bad", model="fcn16s_lite0", init_from=str(tmp_path / "none.pt"))
     assert main(["train", str(bad)]) == 2
+
+
+def test_multimodal_and_multitask_nets_train_end_to_end(tmp_path):
+    """RGB-D (NYUD layout, depth as a second input) and two-head (SIFT Flow layout) nets
+    go through `fcnseg train` and validation; the loss falls."""
+    pytest.importorskip("scipy.io")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_data_nyud_siftflow import write_nyud, write_siftflow
+
+    nyud = tmp_path / "nyud"
+    write_nyud(nyud, ids=("1", "2", "3", "4", "5"))
+    (nyud / "train.txt").write_text("1\n2\n3\n4\n")
+    (nyud / "val.txt").write_text("5\n")
+    run = tmp_path / "rgbd"
+    cfg = _config(nyud, run, model="fcn8s_lite0_rgbd", dataset="nyud", epochs=6, val_every=6,
+                  optimizer="adamw", lr=0.003, flip=True, dataset_options={"modalities": ["image", "depth"]})
+    assert main(["train", str(cfg)]) == 0
+    losses = [r["loss"] for r in _rows(run) if r["type"] == "train"]
+    assert sum(losses[-2:]) < sum(losses[:2])
+    assert any(r["type"] == "val" for r in _rows(run))
+
+    sift = tmp_path / "sift"
+    write_siftflow(sift, ids=tuple(f"img{i}" for i in range(4)))
+    (sift / "test.txt").write_text("img0\n")
+    run2 = tmp_path / "two-head"
+    cfg2 = _config(sift, run2, model="fcn8s_lite0_multitask", dataset="siftflow", train_split="trainval",
+                   val_split="test", epochs=6, val_every=6, optimizer="adamw", lr=0.003)
+    assert main(["train", str(cfg2)]) == 0
+    losses = [r["loss"] for r in _rows(run2) if r["type"] == "train"]
+    assert sum(losses[-2:]) < sum(losses[:2])

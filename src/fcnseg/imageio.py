@@ -46,8 +46,11 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", "
 
 
 # --------------------------------------------------------------------------- reading
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, exif: bool = True) -> np.ndarray:
     """The image file ``path`` as RGB ``uint8`` ``H x W x 3``, as a viewer would show it.
+
+    ``exif=False`` keeps the stored pixel grid (no EXIF rotation): data sets use it,
+    because their label maps are drawn on the stored grid, not the displayed one.
 
     Raises :class:`UserError` naming the file for a missing, empty, truncated,
     corrupt or non-image file, or one whose pixel values have no clear 8-bit meaning.
@@ -68,7 +71,7 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()  # decode now: a truncated file raises here rather than giving a partial image
-            return pil_to_rgb(im, name=str(path))
+            return pil_to_rgb(im, name=str(path), exif=exif)
     except UserError:
         raise
     except PermissionError:
@@ -84,14 +87,16 @@ def read_image(path: str | Path) -> np.ndarray:
         raise UserError(f"{path}: corrupt image file ({msg})") from None
 
 
-def pil_to_rgb(im, name: str = "image") -> np.ndarray:
-    """A PIL image as RGB ``uint8`` ``H x W x 3`` with the conversion rules of this module."""
+def pil_to_rgb(im, name: str = "image", exif: bool = True) -> np.ndarray:
+    """A PIL image as RGB ``uint8`` ``H x W x 3`` with the conversion rules of this module
+    (``exif=False``: no EXIF rotation)."""
     from PIL import ImageOps
 
-    try:
-        im = ImageOps.exif_transpose(im) or im
-    except Exception:  # a malformed EXIF block must not make the pixels unreadable
-        pass
+    if exif:
+        try:
+            im = ImageOps.exif_transpose(im) or im
+        except Exception:  # a malformed EXIF block must not make the pixels unreadable
+            pass
     mode = im.mode
     if mode == "RGB":
         arr = np.array(im, dtype=np.uint8)  # a writable copy, not a view of PIL's buffer
@@ -201,7 +206,9 @@ def read_label_png(path: str | Path) -> np.ndarray:
     except FileNotFoundError:
         raise UserError(f"{path}: no such label file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable label image ({exc})") from None
+        raise UserError(f"{path}: unreadable label image ({exc.__class__.__name__}: {exc})") from None
+    if arr.ndim != 2:
+        raise UserError(f"{path}: label has shape {arr.shape}; expected a single-channel H x W image")
     return np.array(arr)
 
 

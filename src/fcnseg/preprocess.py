@@ -45,7 +45,11 @@ def normalize(image: np.ndarray | Tensor, preset: str | Normalization = "imagene
     The result is on the input's device (a CUDA tensor stays on its GPU). One pass: channel flip, scale, mean and std are folded into a single multiply-add.
     """
     norm = get_normalization(preset)
-    t = torch.as_tensor(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    if isinstance(image, np.ndarray):
+        # torch warns on read-only arrays (np.asarray of a PIL image); a uint8 copy is cheap
+        t = torch.as_tensor(np.ascontiguousarray(image) if image.flags.writeable else image.copy())
+    else:
+        t = image
     if t.ndim != 3 or t.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 RGB image, got shape {tuple(t.shape)}")
     t = t.permute(2, 0, 1)

@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "ignore label 255 excluded, classes absent from ground truth and prediction left out).")
     p.add_argument("--model", required=True, metavar="NAME_OR_FILE",
                    help="a shipped model name, a registered architecture (untrained!), a weights file "
-                        "(.safetensors) or a training checkpoint (.pt)")
+                        "(.safetensors) or a training checkpoint (.pt), resolved as by fcnseg.load_model")
     p.add_argument("--dataset", default=None,
                    help="camvid, voc, sbd, pascal-context, nyud, siftflow or folder "
                         "(default: the data set recorded in the weights)")
@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="override the model's input normalisation (rarely needed)")
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra data-set option (YAML value), e.g. year=2011, classes=my.yaml, "
-                        "modalities=[image,hha]; repeatable")
+                        "modalities=[image,hha] (a multi-input model sets modalities itself); repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -26,7 +26,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Segment images with a trained model. For each input image writes OUT/<name>.png, a "
                     "palette PNG whose pixel values are the class indices (folder inputs keep their "
                     "sub-folder structure), optionally OUT/<name>_overlay.png (colours blended on the image) "
-                    "and OUT/<name>_probs.npy (C x H x W float32 class probabilities). Any image size works: "
+                    "and OUT/<name>_probs.npy (C x H x W float32 class probabilities). Two-head models (SIFT Flow "
+                    "sem + geo) also write OUT/<name>_<head>.png for each head besides the main one; "
+                    "multi-input models (RGB-D, RGB + HHA) cannot run on image files alone and are refused. "
+                    "Any image size works: "
                     "images above ~4 megapixels are tiled with enough overlap that the result equals "
                     "whole-image inference. Exit status: 0 all done, 1 some images failed (named on stderr), "
                     "2 nothing done (user error).")
@@ -124,15 +127,20 @@ class _Writer:
         base = self.out / stem
         return {"label": base.with_name(base.name + ".png"),
                 "overlay": base.with_name(base.name + "_overlay.png"),
-                "probs": base.with_name(base.name + "_probs.npy")}
+                "probs": base.with_name(base.name + "_probs.npy"),
+                **{f"head:{h}": base.with_name(f"{base.name}_{h}.png") for h in self.model.heads
+                   if h != self.model.main_head}}
 
-    def write(self, stem: PurePath, image, labels, probs) -> None:
+    def write(self, stem: PurePath, image, labels, probs, extra: dict[str, Any] | None = None) -> None:
+        """Main label map (+ overlay, probabilities); ``extra``: other heads' label maps."""
         from ..imageio import write_label_png, write_rgb_png
         from ..viz import overlay
 
         paths = self.paths(stem)
         paths["label"].parent.mkdir(parents=True, exist_ok=True)
         write_label_png(paths["label"], labels, self.model.palette)
+        for head, lab in (extra or {}).items():
+            write_label_png(paths[f"head:{head}"], lab, self.model.head(head).palette)
         if self.overlay:
             write_rgb_png(paths["overlay"], overlay(image, labels, self.model.palette, self.alpha), compress_level=3)
         if self.probs and probs is not None:
@@ -167,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             model = load_model(args.model, device=args.device, num_classes=args.num_classes,
                                backend=args.backend, tile=tile, overlap=args.overlap, tta=tta)
+            model.check_rgb_input()  # a multi-input net cannot run on image files: say so before any work
         except UserError:
             if not existed:  # leave no empty output folder behind
                 try:
@@ -187,6 +196,17 @@ def run(args: argparse.Namespace) -> int:
         failed.append(str(path))
         bar.write(f"fcnseg predict: {path}: {_describe(exc)}" if not isinstance(exc, UserError)
                   else f"fcnseg predict: {_describe(exc)}", file=sys.stderr)
+
+    def finish(path: Path, fut: Future) -> int:
+        """Wait for one image's writes: 1 if written, 0 if it failed (reported)."""
+        try:
+            fut.result()
+            return 1
+        except Exception as exc:  # noqa: BLE001
+            fail(path, OSError(f"cannot write output: {_describe(exc)}"))
+            return 0
+        finally:
+            bar.update(1)
 
     def read(path: Path):
         try:
@@ -213,20 +233,30 @@ def run(args: argparse.Namespace) -> int:
                     images.append((path, stem, img))
             small = [(p, s, im) for p, s, im in images if model.tile_grid(*im.shape[:2]) is None]
             large = [(p, s, im) for p, s, im in images if model.tile_grid(*im.shape[:2]) is not None]
-            results: list[tuple[Path, PurePath, Any, Any, Any]] = []
-            if small:
+            results: list[tuple[Path, PurePath, Any, Any, Any, dict]] = []
+            if small and model.heads:  # two-head nets: every head from one forward pass per image
+                for p, s, im in small:
+                    try:
+                        r = model.predict_heads(im, return_probs=args.probs)
+                        main = r.pop(model.main_head)
+                        lab, pr = main if args.probs else (main, None)
+                        results.append((p, s, im, lab, pr, {h: v[0] if args.probs else v for h, v in r.items()}))
+                    except Exception as exc:  # noqa: BLE001 - reported per file, the run goes on
+                        fail(p, exc)
+                        bar.update(1)
+            elif small:
                 try:
                     preds = model.predict_batch([im for _, _, im in small], batch_size=args.batch_size,
                                                 return_probs=args.probs)
                     for (p, s, im), r in zip(small, preds):
                         lab, pr = r if args.probs else (r, None)
-                        results.append((p, s, im, lab, pr))
+                        results.append((p, s, im, lab, pr, {}))
                 except Exception:  # a batch failed: retry one by one to name the culprit
                     for p, s, im in small:
                         try:
                             r = model.predict(im, return_probs=args.probs)
                             lab, pr = r if args.probs else (r, None)
-                            results.append((p, s, im, lab, pr))
+                            results.append((p, s, im, lab, pr, {}))
                         except Exception as exc:  # noqa: BLE001 - reported per file, the run goes on
                             fail(p, exc)
                             bar.update(1)
@@ -242,36 +272,27 @@ def run(args: argparse.Namespace) -> int:
                         tmp = target.with_name(f".{target.name}.tmp")
                         probs = NpyBandWriter(tmp, (model.num_classes, *im.shape[:2]))
                     lab = model.predict(im, probs_out=probs)
+                    extra = {h: model.head(h).predict(im) for h in model.heads if h != model.main_head}
                     if probs is not None:
                         probs.close()
                         os.replace(tmp, target)
-                    results.append((p, s, im, lab, None))
+                    results.append((p, s, im, lab, None, extra))
                 except Exception as exc:  # noqa: BLE001
                     if tmp is not None:
                         Path(tmp).unlink(missing_ok=True)
                     fail(p, exc)
                     bar.update(1)
-            for p, s, im, lab, pr in results:
-                pending.append((p, writers.submit(writer.write, s, im, lab, pr)))
+            for p, s, im, lab, pr, extra in results:
+                pending.append((p, writers.submit(writer.write, s, im, lab, pr, extra)))
             still = []
             for p, fut in pending:
                 if fut.done() or len(pending) > 4 * args.batch_size:
-                    try:
-                        fut.result()
-                        done += 1
-                    except Exception as exc:  # noqa: BLE001
-                        fail(p, OSError(f"cannot write output: {_describe(exc)}"))
-                    bar.update(1)
+                    done += finish(p, fut)
                 else:
                     still.append((p, fut))
             pending = still
         for p, fut in pending:
-            try:
-                fut.result()
-                done += 1
-            except Exception as exc:  # noqa: BLE001
-                fail(p, OSError(f"cannot write output: {_describe(exc)}"))
-            bar.update(1)
+            done += finish(p, fut)
     bar.close()
     if not args.quiet:
         msg = f"fcnseg predict: wrote {done} label map(s) to {out}"

@@ -16,6 +16,9 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import UserError
+from ..imageio import read_image as _read_image
+from ..imageio import read_label_png
+from ..viz import voc_palette
 
 log = logging.getLogger(__name__)
 
@@ -26,41 +29,14 @@ Transform = Callable[[Sample], Sample]
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An image file as RGB uint8 ``H x W x 3`` (grey and palette images are converted)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB") if im.mode != "RGB" else im
-            return np.asarray(im, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise UserError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable image ({exc.__class__.__name__}: {exc})") from None
+    """A data-set image as RGB uint8 ``H x W x 3``: :func:`fcnseg.imageio.read_image` (the one
+    robust reader: grey, palette, 16-bit, alpha, CMYK; one-line UserError naming the file),
+    without EXIF rotation, since label maps are drawn on the stored pixel grid."""
+    return _read_image(path, exif=False)
 
 
-def read_index_png(path: str | Path) -> np.ndarray:
-    """A label image as its raw indices, ``H x W`` (palette PNGs keep their indices, not colours)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("P", "L", "I", "I;16", "1"):
-                arr = np.asarray(im)
-            elif im.mode in ("RGB", "RGBA"):
-                raise UserError(f"{path}: label is an RGB colour image; expected a single-channel "
-                                "or palette PNG of class indices")
-            else:
-                arr = np.asarray(im.convert("L"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: label file not found") from None
-    except UserError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable label image ({exc.__class__.__name__}: {exc})") from None
-    if arr.ndim != 2:
-        raise UserError(f"{path}: label has shape {arr.shape}; expected a single-channel H x W image")
-    return arr.copy()
+#: a label image as its raw indices, ``H x W`` (palette PNGs keep their indices, not colours)
+read_index_png = read_label_png
 
 
 def load_mat(path: str | Path, key: str) -> np.ndarray:
@@ -244,18 +220,8 @@ class SegmentationDataset(Dataset):
         return f"<{type(self).__name__} {self.describe()} root={str(self.root)!r}>"
 
 
-def color_palette(n: int) -> np.ndarray:
-    """The PASCAL VOC colour map for ``n`` classes (bit-interleaved; distinct, reproducible)."""
-    pal = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal
+#: the PASCAL VOC colour map for ``n`` classes (one definition: :func:`fcnseg.viz.voc_palette`)
+color_palette = voc_palette
 
 
 def as_palette(colors: Sequence[Sequence[int]]) -> np.ndarray:

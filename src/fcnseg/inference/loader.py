@@ -173,6 +173,12 @@ def _from_safetensors(path: Path, name: str, num_classes: int | None) -> tuple[n
     if not meta:
         raise UserError(f"{path}: safetensors file without fcnseg metadata; cannot tell which model it "
                         "is (fcnseg writes it with fcnseg.weights.save_weights)")
+    return _from_state(state, meta, path, name, num_classes)
+
+
+def _from_state(state: dict[str, torch.Tensor], meta: dict[str, Any], path: Path, name: str,
+                num_classes: int | None) -> tuple[nn.Module, ModelInfo]:
+    """Weights + metadata (from either file kind) -> the built net with its weights, and its info."""
     info = _info_from_meta(meta, name=name, source=str(path), num_classes=num_classes,
                            inferred_classes=_classes_in_state(state))
     net = _build(info)
@@ -217,11 +223,7 @@ def _from_checkpoint(path: Path, name: str, num_classes: int | None) -> tuple[nn
         raise UserError(f"{path}: checkpoint records neither 'meta' nor 'config' naming its model")
     state = _strip_prefixes(state)
     state = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in state.items()}
-    info = _info_from_meta(meta, name=name, source=str(path), num_classes=num_classes,
-                           inferred_classes=_classes_in_state(state))
-    net = _build(info)
-    _fit(net, state, str(path))
-    return net, info
+    return _from_state(state, meta, path, name, num_classes)
 
 
 def _from_registry(model: str, num_classes: int | None) -> tuple[nn.Module, ModelInfo]:

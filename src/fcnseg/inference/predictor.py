@@ -7,7 +7,8 @@ on huge images without changing the result.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import copy
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +39,16 @@ class Segmenter:
     (``"torch"`` / ``"onnxruntime"``), ``trained``, ``net`` (the ``nn.Module``, torch
     backend only), ``receptive_field`` and ``tile_margin`` (pixels of context each
     tile gets) where the architecture is known.
+
+    Multi-task nets (SIFT Flow's ``sem`` + ``geo``): ``heads`` maps each head to its
+    class count and ``main_head`` names the one ``predict`` answers for (its classes
+    are ``num_classes`` / ``class_names``); :meth:`head` gives a Segmenter for another
+    head and :meth:`predict_heads` all heads' label maps. One-head nets: ``heads``
+    is empty and ``main_head`` None.
+
+    Multi-input nets (NYUD RGB-D, RGB + HHA): ``modalities`` maps each input to its
+    channel count (None for RGB-only nets). They cannot segment an RGB image alone,
+    so ``predict`` refuses with a :class:`UserError` saying what they need.
     """
 
     def __init__(self, runner: Callable[[Tensor], Tensor], info: ModelInfo, geometry_net: nn.Module | None = None,
@@ -62,6 +73,13 @@ class Segmenter:
         self.overlap = overlap
         self.tta = parse_tta(tta)
         self.label_dtype = np.uint8 if self.num_classes <= 256 else np.int32
+        arch = self.net if self.net is not None else geometry_net
+        modalities = getattr(arch, "modalities", None)
+        self.modalities: dict[str, int] | None = dict(modalities) if isinstance(modalities, Mapping) else None
+        head_classes = getattr(self.net, "head_classes", None)  # torch only: ONNX files have one output
+        self.heads: dict[str, int] = dict(head_classes) if isinstance(head_classes, Mapping) else {}
+        self.main_head: str | None = getattr(self.net, "main_head", None) if self.heads else None
+        self._head = self.main_head  # the head whose scores this Segmenter returns
 
     def __repr__(self) -> str:
         return (f"Segmenter(name={self.name!r}, model={self.model!r}, num_classes={self.num_classes}, "
@@ -103,6 +121,68 @@ class Segmenter:
         grid = plan_tiles(height, width, int(t), ov, self._radius, self._stride, self.receptive_field)
         return None if len(grid) <= 1 or grid.trivial else grid
 
+    # ------------------------------------------------------------------ heads and inputs
+    def head(self, name: str) -> "Segmenter":
+        """This model answering for head ``name`` (same net, no copy of the weights).
+
+        Its class names come from the metadata's ``head_class_names[name]`` when the
+        weights carry them, else ``<name>_0, <name>_1, ...``; colours from the default palette.
+        """
+        from ..viz import default_palette
+
+        if name not in self.heads:
+            raise UserError(f"model {self.name} has no head {name!r} (heads: {', '.join(self.heads) or 'one, unnamed'})")
+        if name == self._head:
+            return self
+        view = copy.copy(self)
+        view._head = name
+        view.num_classes = self.heads[name]
+        if name == self.main_head:
+            view.class_names, view.palette = list(self.info.class_names), np.asarray(self.info.palette, np.uint8)
+        else:
+            names = (self.info.meta.get("head_class_names") or {}).get(name)
+            if not names or len(names) != view.num_classes:
+                names = [f"{name}_{i}" for i in range(view.num_classes)]
+            view.class_names = [str(c) for c in names]
+            view.palette = default_palette(view.num_classes, view.class_names)
+        view.label_dtype = np.uint8 if view.num_classes <= 256 else np.int32
+        return view
+
+    def check_rgb_input(self) -> None:
+        """Raise :class:`UserError` if the net needs more than an RGB image (depth, HHA)."""
+        if self.modalities and set(self.modalities) - {"rgb"}:
+            extra = [m for m in self.modalities if m != "rgb"]
+            need = " + ".join(f"{m} ({c} channel{'s' if c > 1 else ''})" for m, c in self.modalities.items())
+            raise UserError(f"model {self.name} needs {need} inputs, not an RGB image alone: evaluate it on "
+                            f"data with {' and '.join(extra)} (fcnseg eval --dataset nyud), or call "
+                            f"segmenter.net({{{', '.join(repr(m) + ': ...' for m in self.modalities)}}}) in Python")
+
+    def predict_heads(self, image: Image, return_probs: bool = False, *, tile: int | str | None = None,
+                      overlap: int | None = None, tta: Any = None) -> dict[str, Any]:
+        """Every head's result for one image, main head first: ``{head: labels}`` (or
+        ``{head: (labels, probs)}``). A one-head model gives ``{"main": ...}``.
+
+        Whole-image inference without TTA runs the net once for all heads; tiled or TTA
+        inference runs once per head.
+        """
+        img = as_rgb_array(image)
+        self.check_rgb_input()
+        if not self.heads:
+            return {"main": self.predict(img, return_probs, tile=tile, overlap=overlap, tta=tta)}
+        order = [self.main_head] + [h for h in self.heads if h != self.main_head]
+        tta_cfg = self.tta if tta is None else parse_tta(tta)
+        if self.tile_grid(*img.shape[:2], tile, overlap) is not None or tta_cfg.active:
+            return {h: self.head(h).predict(img, return_probs, tile=tile, overlap=overlap, tta=tta_cfg)
+                    for h in order}
+        out = self._run(self._batch_tensor([img]))
+        result: dict[str, Any] = {}
+        for h in order:
+            view = self.head(h)
+            s = view._check_scores(out[h], img.shape[:2], 1)
+            labels = view._labels(s)[0]
+            result[h] = (labels, torch.softmax(s[0].float(), dim=0).cpu().numpy()) if return_probs else labels
+        return result
+
     # ------------------------------------------------------------------ core
     def _batch_tensor(self, images: Sequence[np.ndarray]) -> Tensor:
         if len(images) == 1:
@@ -115,10 +195,15 @@ class Segmenter:
 
     def _logits(self, x: Tensor) -> Tensor:
         out = self._run(x)
-        if out.ndim != 4 or out.shape[0] != x.shape[0] or out.shape[1] != self.num_classes \
-                or tuple(out.shape[2:]) != tuple(x.shape[2:]):
+        if isinstance(out, Mapping):  # a multi-task net: this Segmenter's head
+            out = out[self._head]
+        return self._check_scores(out, tuple(x.shape[2:]), x.shape[0])
+
+    def _check_scores(self, out: Tensor, size: tuple[int, ...], n: int) -> Tensor:
+        if out.ndim != 4 or out.shape[0] != n or out.shape[1] != self.num_classes \
+                or tuple(out.shape[2:]) != tuple(size):
             raise RuntimeError(f"model {self.name} returned scores of shape {tuple(out.shape)} for input "
-                               f"{tuple(x.shape)}; expected N x {self.num_classes} x H x W")
+                               f"{n} x {tuple(size)}; expected N x {self.num_classes} x H x W")
         return out
 
     def scores(self, x: Tensor, tta: TTA | None = None) -> tuple[Tensor, bool]:
@@ -156,6 +241,7 @@ class Segmenter:
         ``(labels, probs)`` with ``return_probs``.
         """
         img = as_rgb_array(image)
+        self.check_rgb_input()
         tta_cfg = self.tta if tta is None else parse_tta(tta)
         want_probs = return_probs or probs_out is not None
         h, w = img.shape[:2]
@@ -200,6 +286,7 @@ class Segmenter:
         """
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        self.check_rgb_input()
         tta_cfg = self.tta if tta is None else parse_tta(tta)
         arrays = [as_rgb_array(im, name=str(im) if isinstance(im, str) else f"image {i}")
                   for i, im in enumerate(images)]

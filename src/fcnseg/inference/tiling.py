@@ -52,14 +52,23 @@ from torch import Tensor, nn
 __all__ = ["TileGrid", "dependency_radius", "model_stride", "plan_tiles", "predict_tiled"]
 
 
-def model_stride(net: nn.Module) -> int:
-    """The total stride of the net's coarsest output (32 for every FCN here)."""
+def _fcns(net: nn.Module) -> list[nn.Module]:
+    """The FCNs whose geometry is the net's: itself, or each head of a multi-task net."""
     from ..models.fcn import FCN
-    from ..models.geometry import total_stride
 
     if isinstance(net, FCN):
-        return int(total_stride(net.backbone.tap_specs("out")))
-    return 32
+        return [net]
+    heads = getattr(net, "heads", None)
+    if isinstance(heads, nn.ModuleDict) and len(heads) and all(isinstance(h, FCN) for h in heads.values()):
+        return list(heads.values())
+    return []
+
+
+def model_stride(net: nn.Module) -> int:
+    """The total stride of the net's coarsest output (32 for every FCN here)."""
+    from ..models.geometry import total_stride
+
+    return max((int(total_stride(f.backbone.tap_specs("out"))) for f in _fcns(net)), default=32)
 
 
 def dependency_radius(net: nn.Module) -> int | None:
@@ -67,13 +76,15 @@ def dependency_radius(net: nn.Module) -> int | None:
 
     ``(receptive field - 1) / 2`` of the coarsest score sample, plus, for every
     upsampling layer, half its kernel span in input pixels (the farthest coarse
-    sample that contributes to a pixel). ``tests/test_inference.py`` checks it against
-    the measured reach (a NaN pixel's spread through the net).
+    sample that contributes to a pixel); for a multi-task net the largest over its
+    heads. ``tests/test_inference.py`` checks it against the measured reach (a NaN
+    pixel's spread through the net).
     """
-    from ..models.fcn import FCN
+    radii = [_fcn_radius(f) for f in _fcns(net)]
+    return max(radii) if radii else None
 
-    if not isinstance(net, FCN):
-        return None
+
+def _fcn_radius(net: nn.Module) -> int:
     reach = (net.receptive_field - 1) / 2
     stride = model_stride(net)
     names = {"32s": ["upscore"], "16s": ["upscore2", "upscore16"],
