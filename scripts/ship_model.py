@@ -1,0 +1,32 @@
+"""Package a training run's best weights as a shipped model (fp16 safetensors in
+``src/fcnseg/weights/NAME.safetensors``) with its class names, palette,
+normalisation and validation scores in the metadata.
+
+    python scripts/ship_model.py runs/camvid-fcn8s-lite0 camvid-fcn8s-lite0
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from fcnseg.weights import load_weights, save_weights
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "fcnseg" / "weights"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("name")
+    ap.add_argument("--weights", default="best.safetensors", help="file in RUN_DIR to ship")
+    args = ap.parse_args()
+    state, meta = load_weights(args.run_dir / args.weights)
+    meta = {**meta, "name": args.name, "source_run": str(args.run_dir), "dtype": "float16"}
+    out = save_weights(state, WEIGHTS / f"{args.name}.safetensors", meta, dtype=torch.float16)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); val: {meta.get('val')}")
+
+
+if __name__ == "__main__":
+    main()
