@@ -8,7 +8,8 @@ import pytest
 from fcnseg.bench import BenchConfig, format_report, measure_gemm_rate, parse_size, run_bench
 from fcnseg.cli.main import main
 
-TINY = ["--size", "32x48", "--warmup", "1", "--repeats", "2", "--gemm-size", "128", "--num-classes", "3", "-q"]
+TINY = ["--size", "32x48", "--warmup", "1", "--repeats", "2", "--gemm-size", "128", "--num-classes", "3", "-q",
+        "--threads", "1"]
 REPORT_LINES = ["model", "method", "timed", "complexity", "latency", "throughput", "compute", "memory", "prepare"]
 
 
@@ -22,7 +23,7 @@ def check_result(r: dict) -> None:
     assert r["gemm"]["n"] == 128 and r["gemm"]["median_gflops"] > 0
     assert r["pct_of_gemm_peak"] > 0
     assert r["memory"]["mb"] > 0 and r["memory"]["kind"]
-    assert r["threads"] >= 1 and r["warmup"] == 1 and r["method"]
+    assert r["threads"] == 1 and r["warmup"] == 1 and r["method"]
 
 
 def test_bench_with_baseline_prints_and_writes_every_field(tmp_path, capsys):
@@ -51,11 +52,12 @@ def test_bench_end_to_end_from_decoded_image(capsys):
 
 def test_bench_library_onnxruntime_and_int8():
     r = run_bench(BenchConfig(model="fcn32s_lite0", size=(32, 48), warmup=1, repeats=2, gemm_size=128,
-                              num_classes=3, backend="onnxruntime", baseline=True))
+                              num_classes=3, backend="onnxruntime", baseline=True, threads=1))
     check_result(r)
     assert "onnxruntime" in r["method"] and r["agreement"]["max_rel_diff"] < 1e-4
     q = run_bench(BenchConfig(model="fcn32s_lite0", size=(32, 48), warmup=1, repeats=2, gemm_size=128,
-                              num_classes=3, dtype="int8", backend="onnxruntime", calibration_batches=1))
+                              num_classes=3, dtype="int8", backend="onnxruntime", calibration_batches=1,
+                              threads=1))
     check_result(q)
     assert "int8" in q["method"] and q["dtype"] == "int8"
     assert "cpu" in format_report(q)

@@ -150,7 +150,11 @@ def test_labels_from_logits():
     logits[0, 1, 1, 0] = 1.0
     labels = labels_from_logits(logits)
     assert labels.dtype == torch.uint8
-    assert labels[0].tolist() == [[0, 2], [1, 0]]
+    assert labels[0].tolist() == [[0, 2], [1, 0]]  # all-zero pixels: ties go to the first class
+    big = torch.randn(2, 7, 31, 45)
+    big[:, 4] = big[:, 2]  # exact ties between classes 2 and 4
+    for t in (big, big.contiguous(memory_format=torch.channels_last)):
+        assert torch.equal(labels_from_logits(t).long(), t.argmax(1))
 
 
 def test_int8_onnxruntime_is_quantised_and_close(lite0, tmp_path):

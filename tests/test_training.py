@@ -166,11 +166,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_root, tmp_path):
 
 def test_damaged_checkpoints_are_refused(tmp_path, data_root, capsys):
     path = save_checkpoint({"model": {"w": torch.randn(1000)}, "config": {}}, tmp_path / "last.pt")
-    assert torch.equal(load_checkpoint(path)["model"]["w"].shape and load_checkpoint(path)["model"]["w"],
-                       load_checkpoint(path)["model"]["w"])
+    original = torch.load  # the file is an ordinary torch archive (weights_only-safe)
+    assert isinstance(original(path, weights_only=True), dict)
     data = bytearray(path.read_bytes())
     flipped = tmp_path / "flipped.pt"
-    i = data.find(b"PK", len(data) // 3)  # somewhere inside the payload
     data[len(data) // 2] ^= 0xFF
     flipped.write_bytes(data)
     with pytest.raises(UserError, match="corrupt"):
@@ -244,12 +243,9 @@ def test_ddp_two_processes_equal_one_process(data_root, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = load_checkpoint(single / "last.pt"), load_checkpoint(ddp / "last.pt")
     assert a["position"]["step"] == b["position"]["step"] == 4
-    changed = 0
     for key, value in a["model"].items():
         assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-6, rtol=1e-5), key
-        changed += int(not torch.equal(value, load_checkpoint(single / "last.pt")["model"][key] * 0 + value))
-    init_diff = sum(float((v.float() - b["model"][k].float()).abs().sum()) for k, v in a["model"].items())
-    assert init_diff < 1e-3
+    assert a["model"]["score_fr.weight"].abs().sum() > 0  # it trained (score layers start at zero)
 
 
 def test_staged_training_init_from_coarser_net(data_root, tmp_path, capsys):
@@ -299,3 +295,17 @@ def test_multimodal_and_multitask_nets_train_end_to_end(tmp_path):
     assert main(["train", str(cfg2)]) == 0
     losses = [r["loss"] for r in _rows(run2) if r["type"] == "train"]
     assert sum(losses[-2:]) < sum(losses[:2])
+
+
+def test_gradient_accumulation_equals_the_larger_batch(data_root, tmp_path):
+    common = dict(epochs=1, val_split=None, freeze_bn=True, loss_normalize=True, flip=False,
+                  optimizer="sgd", lr=0.05, momentum=0.9, channels_last=True)
+    big = tmp_path / "big"
+    assert main(["train", str(_config(data_root, big, batch_size=2, **common))]) == 0
+    acc = tmp_path / "acc"
+    assert main(["train", str(_config(data_root, acc, batch_size=1, grad_accum=2, **common))]) == 0
+    a, b = load_checkpoint(big / "last.pt"), load_checkpoint(acc / "last.pt")
+    assert a["position"]["step"] == b["position"]["step"] == 4
+    for key, value in a["model"].items():
+        assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-6, rtol=1e-5), key
+    assert a["model"]["score_fr.weight"].abs().sum() > 0

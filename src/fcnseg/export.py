@@ -214,7 +214,7 @@ def export_program(model: nn.Module, path: str | Path, *, meta: dict[str, Any] |
     try:
         with torch.no_grad():
             program = torch.export.export(model, (x,), dynamic_shapes=shapes)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(path.name + ".partial.pt2")  # torch.export.save wants the .pt2 suffix
         torch.export.save(program, str(tmp), extra_files={META_FILE: json.dumps(meta or {})})
     finally:
         ctx.__exit__(None, None, None)

@@ -45,7 +45,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing (default 2)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs (default 10)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch and onnxruntime (default: the cores this process may use)")
+                   help="CPU threads for torch and onnxruntime (default: torch's, i.e. OMP_NUM_THREADS or the "
+                        "cores; use fewer when another process keeps a core busy)")
     p.add_argument("--num-classes", type=int, default=None, help="classes of an architecture given by name")
     p.add_argument("--gemm-size", type=int, default=None,
                    help="n of the n x n fp32 GEMM that measures the machine (default 2048 CPU, 8192 CUDA)")

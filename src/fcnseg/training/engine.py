@@ -297,6 +297,11 @@ class Trainer:
             "normalization": self.normalization,
             "options": {k: v for k, v in self.cfg.model_options.items()},
             "dataset": self.cfg.dataset,
+            "input_key": self.cfg.input_key,
+            # extra heads' class names (SIFT Flow: geo), read by the predictor
+            "head_class_names": {h: list(getattr(self.train_set, f"{h}_class_names"))
+                                 for h in getattr(self.model, "head_classes", {})
+                                 if hasattr(self.train_set, f"{h}_class_names")},
         }
 
     def save(self, epoch: int, micro_in_epoch: int, name: str = "last.pt") -> None:
