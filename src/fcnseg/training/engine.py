@@ -344,6 +344,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
+        """Train; process-wide switches (deterministic mode, oneDNN) are restored afterwards."""
+        saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.enabled,
+                 torch.get_num_threads())
+        try:
+            return self._fit()
+        finally:
+            torch.use_deterministic_algorithms(saved[0])
+            torch.backends.mkldnn.enabled = saved[1]
+            torch.set_num_threads(saved[2])
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         self._setup_device()
         torch.manual_seed(cfg.seed)
