@@ -54,3 +54,12 @@ def test_read_only_array_is_accepted_without_a_warning():
         out = normalize(img, "imagenet")
     img.flags.writeable = True
     assert torch.equal(out, normalize(img, "imagenet"))
+
+
+def test_dataset_reference_means_are_named_presets():
+    from fcnseg.data.nyud import MEAN_BGR as NYUD
+    from fcnseg.data.siftflow import MEAN_BGR as SIFT
+    from fcnseg.preprocess import get_normalization
+
+    assert get_normalization("caffe-nyud").mean == NYUD
+    assert get_normalization("caffe-siftflow").mean == SIFT

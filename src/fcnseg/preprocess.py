@@ -27,6 +27,9 @@ class Normalization:
 PRESETS: dict[str, Normalization] = {
     "caffe": Normalization("caffe", True, 1.0, (104.00699, 116.66877, 122.67892), (1.0, 1.0, 1.0)),
     "imagenet": Normalization("imagenet", False, 1 / 255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # the reference NYUDv2 and SIFT Flow nets subtract their own data sets' BGR means
+    "caffe-nyud": Normalization("caffe-nyud", True, 1.0, (116.190, 97.203, 92.318), (1.0, 1.0, 1.0)),
+    "caffe-siftflow": Normalization("caffe-siftflow", True, 1.0, (114.578, 115.294, 108.353), (1.0, 1.0, 1.0)),
 }
 
 
