@@ -20,21 +20,10 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 # three sizes, none the traced 64x64 except one, one odd in both axes, one non-square
+from conftest import randomise_  # noqa: E402
+
 ONNX_SIZES = [(1, 37, 53), (2, 64, 64), (1, 45, 30)]
 META = {"model": "x", "num_classes": 4, "normalization": "imagenet", "class_names": ["a", "b", "c", "d"]}
-
-
-def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-zero score layers and BN statistics, so that the outputs (and the comparison) mean something."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d) and not m.weight.any():
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * 0.05)
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-    return model.eval()
 
 
 def thin_vgg_fcn8s(num_classes: int = 3) -> FCN:

@@ -16,22 +16,9 @@ from fcnseg.models.layers import Upscore
 from fcnseg.models.vgg import VGG16Trunk
 from fcnseg.preprocess import normalize
 
+from conftest import randomise_  # noqa: E402
+
 SIZES = [(1, 37, 53), (2, 64, 64), (1, 45, 30)]
-
-
-def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine terms, non-zero score layers: folding must get them right."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d) and not m.weight.any():
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * 0.05)
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
