@@ -59,8 +59,8 @@ def test_meta_shapes_many_sizes(name):
             assert tuple(out.shape[2:]) == size, (name, size)
 
 
-@pytest.mark.slow
 def test_vgg8s_exhaustive_sizes():
+    """Every square size 1..1200 (shape propagation on the meta device: a few seconds)."""
     with torch.device("meta"):
         model = get_model("fcn8s_vgg16", 21).eval()
     for s in range(1, 1201):
