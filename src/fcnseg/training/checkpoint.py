@@ -85,7 +85,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"{path}: checkpoint payload is not loadable safely "
                         f"({_first_line(exc)})") from None
 
-
-def is_checkpoint(path: str | Path) -> bool:
-    """Cheap test used by model loaders: does ``path`` look like a training checkpoint?"""
-    return Path(path).suffix in (".pt", ".pth", ".ckpt")

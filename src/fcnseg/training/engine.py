@@ -145,8 +145,6 @@ class Trainer:
             if self.val_set.num_classes != self.train_set.num_classes:
                 raise UserError(f"validation data set has {self.val_set.num_classes} classes but the training "
                                 f"set has {self.train_set.num_classes}")
-        if cfg.crop_size is None and cfg.batch_size > 1:
-            pass  # whole images of one size (CamVid) batch fine; mixed sizes fail clearly in collate
         self.sampler = ResumableSampler(len(self.train_set), cfg.batch_size * self.world, seed=cfg.seed,
                                         rank=self.rank, world=self.world)
         micro = self.sampler.steps_per_epoch()
@@ -205,8 +203,6 @@ class Trainer:
             if self.main:
                 tqdm_write(f"init from {cfg.init_from}: {len(report.copied)} tensors copied, "
                            f"{len(report.untouched)} new (skip score layers start at zero)")
-        self.model_name = cfg.model
-        self.normalization = cfg.normalization or getattr(model, "normalization", "imagenet")
         model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)

@@ -43,7 +43,3 @@ def segmentation_loss(logits: Tensor, target: Tensor, *, ignore_index: int = 255
         count = count / world
     return total / count.clamp(min=1.0).to(total.dtype)
 
-
-def multihead_loss(outputs: dict[str, Tensor], targets: dict[str, Tensor], **kwargs) -> Tensor:
-    """Sum of the per-head losses of a multi-task net (SIFT Flow: semantic + geometric)."""
-    return sum(segmentation_loss(outputs[k], targets[k], **kwargs) for k in outputs)
