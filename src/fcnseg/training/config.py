@@ -70,7 +70,7 @@ class TrainConfig:
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
     nan_policy: str = _f("stop", "on NaN/inf loss: stop (with the step named) or skip the batch")
     # speed
-    amp: str = _f("none", "mixed precision on CUDA: none, fp16 or bf16")
+    amp: str = _f("none", "mixed-precision autocast: none, fp16 (with loss scaling) or bf16; meant for CUDA, also runs on CPU")
     channels_last: bool = _f(False, "channels-last memory format")
     device: str = _f("auto", "auto, cpu or cuda")
     threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)")

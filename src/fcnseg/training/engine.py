@@ -238,11 +238,14 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg.lr_schedule, self.total_steps, cfg.poly_power, cfg.warmup_iters))
-        use_scaler = cfg.amp == "fp16" and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        if cfg.amp != "none" and self.device.type == "cuda":
+        # Mixed precision is meant for GPUs, but autocast and the loss scaler are device-generic
+        # in PyTorch, so the same code path runs (and is tested) on CPU, where bf16 uses the
+        # AVX-512 BF16 / AMX instructions of recent CPUs.
+        dev = self.device.type
+        self.scaler = torch.amp.GradScaler(dev, enabled=cfg.amp == "fp16")
+        if cfg.amp != "none":
             dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
-            self.autocast = lambda: torch.autocast("cuda", dtype=dtype)
+            self.autocast = lambda: torch.autocast(dev, dtype=dtype)
         else:
             self.autocast = nullcontext
 
@@ -326,7 +329,7 @@ class Trainer:
         assert self.val_set is not None
         was_training = self.model.training
         result = evaluate(self.model, self.val_set, device=self.device, progress=False,
-                          flip=self.cfg.val_flip, amp=self.cfg.amp != "none" and self.device.type == "cuda")
+                          flip=self.cfg.val_flip, amp=self.cfg.amp != "none")
         if was_training:
             self._train_mode()
         return result.scores
