@@ -96,6 +96,15 @@ def test_folder_outputs_keep_structure_and_match_the_api(weights, images, tmp_pa
     assert len(np.unique(read_label_png(out / "a.png"))) > 1
 
 
+def test_eager_flag_runs_the_plain_module(weights, images, tmp_path, capsys):
+    out = tmp_path / "eager"
+    assert main(["predict", str(images / "b.png"), "--model", str(weights), "--out", str(out), "--probs",
+                 "--eager", "--quiet"]) == 0, capsys.readouterr().err
+    labels, probs = load_model(weights, optimize=False).predict(images / "b.png", return_probs=True)
+    np.testing.assert_array_equal(read_label_png(out / "b.png"), labels)
+    np.testing.assert_array_equal(np.load(out / "b_probs.npy"), probs)  # bit for bit: the same module
+
+
 def test_single_files_and_globs(weights, images, tmp_path):
     out = tmp_path / "o"
     assert main(["predict", str(images / "a.jpg"), str(images / "**" / "*.png"), "--model", str(weights),

@@ -169,12 +169,19 @@ class FastModel(nn.Module):
             if source is not None and hasattr(source, attr):
                 setattr(self, attr, getattr(source, attr))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _prepare(self, x: Tensor) -> Tensor:
         if x.dtype != self.dtype:
             x = x.to(self.dtype)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, x: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+        """Single-input nets take a tensor, multi-modal ones a dict; two-head nets return a dict."""
+        x = {k: self._prepare(v) for k, v in x.items()} if isinstance(x, dict) else self._prepare(x)
         out = self.net(x)
+        if isinstance(out, dict):
+            return {k: v if v.dtype == torch.float32 else v.float() for k, v in out.items()}
         return out if out.dtype == torch.float32 else out.float()
 
     @property

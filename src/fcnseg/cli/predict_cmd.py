@@ -58,6 +58,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="execution backend (default: onnxruntime for .onnx models, else torch)")
     p.add_argument("--num-classes", type=int, default=None,
                    help="expected class count (checked against the weights; sets it for untrained architectures)")
+    p.add_argument("--eager", action="store_true",
+                   help="torch backend: run the plain eager module instead of the optimised copy (BatchNorm "
+                        "folded, depthwise upsampling, channels-last; same logits within float rounding)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     return p
 
@@ -174,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         try:
             model = load_model(args.model, device=args.device, num_classes=args.num_classes,
-                               backend=args.backend, tile=tile, overlap=args.overlap, tta=tta)
+                               backend=args.backend, tile=tile, overlap=args.overlap, tta=tta,
+                               optimize=not args.eager)
             model.check_rgb_input()  # a multi-input net cannot run on image files: say so before any work
         except UserError:
             if not existed:  # leave no empty output folder behind

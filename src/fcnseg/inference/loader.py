@@ -255,7 +255,7 @@ def _onnx_info(backend, path: Path, name: str, num_classes: int | None) -> Model
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num_classes: int | None = None,
                backend: str | None = None, tile: int | str | None = "auto", overlap: int | None = None,
-               tta: Any = None):
+               tta: Any = None, optimize: bool = True):
     """Load a segmentation model ready for :meth:`~fcnseg.inference.Segmenter.predict`.
 
     Args:
@@ -266,6 +266,9 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
             For a registered architecture it sets the size of the (untrained) output.
         backend: ``torch`` or ``onnxruntime`` (default: onnxruntime for ``.onnx``, else torch).
         tile, overlap, tta: defaults for :meth:`Segmenter.predict` (see there).
+        optimize: run the torch backend through :func:`fcnseg.fast.optimize_for_inference`
+            (BatchNorm folded, depthwise upsampling, channels-last; same logits within float
+            rounding). ``False`` runs the plain eager module.
     """
     from ..models import list_models
     from .backends import OnnxBackend, TorchBackend, resolve_device
@@ -318,7 +321,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
         raise UserError(f"unknown model {text!r}: not a file, a shipped model "
                         f"({', '.join(shipped) or 'none installed'}) or an architecture "
                         f"({', '.join(list_models())})")
-    return Segmenter(TorchBackend(net, dev), info, geometry_net=net, tile=tile, overlap=overlap, tta=tta)
+    return Segmenter(TorchBackend(net, dev, optimize=optimize), info, geometry_net=net, tile=tile, overlap=overlap, tta=tta)
 
 
 def _geometry_net(info: ModelInfo) -> nn.Module | None:

@@ -218,7 +218,9 @@ class Segmenter:
         return self._logits(x), False
 
     def _labels(self, scores: Tensor) -> np.ndarray:
-        return scores.argmax(1).to(torch.uint8 if self.label_dtype == np.uint8 else torch.int32).cpu().numpy()
+        # max(dim=1).indices == argmax(1) (first maximum on ties), several times faster on CPU
+        labels = scores.max(dim=1).indices
+        return labels.to(torch.uint8 if self.label_dtype == np.uint8 else torch.int32).cpu().numpy()
 
     # ------------------------------------------------------------------ public API
     def predict(self, image: Image, return_probs: bool = False, *, tile: int | str | None = None,
