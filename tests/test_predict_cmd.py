@@ -308,3 +308,23 @@ def test_multi_input_model_is_refused_naming_its_inputs(model, needs, images, tm
     err = capsys.readouterr().err
     assert f"needs {needs} inputs" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_two_head_model_through_onnx_keeps_both_heads(multitask_weights, images, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    onnx_file = tmp_path / "mt.onnx"
+    assert main(["export", "--model", str(multitask_weights), "--format", "onnx", "--out", str(onnx_file)]) == 0, \
+        capsys.readouterr().err
+    out = tmp_path / "out"
+    assert main(["predict", str(images / "b.png"), "--model", str(onnx_file), "--out", str(out), "--quiet"]) == 0, \
+        capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["b.png", "b_geo.png"]
+    onnx_model, torch_model = load_model(onnx_file), load_model(multitask_weights)
+    assert onnx_model.heads == torch_model.heads == {"sem": 33, "geo": 3} and onnx_model.main_head == "sem"
+    assert onnx_model.head("geo").class_names == ["sky", "horizontal", "vertical"]
+    img = np.array(Image.open(images / "b.png").convert("RGB"))
+    for head in ("sem", "geo"):
+        _, p_onnx = onnx_model.head(head).predict(img, return_probs=True)
+        _, p_torch = torch_model.head(head).predict(img, return_probs=True)
+        np.testing.assert_allclose(p_onnx, p_torch, atol=1e-4)
+    np.testing.assert_array_equal(read_label_png(out / "b_geo.png"), onnx_model.head("geo").predict(img))

@@ -93,6 +93,11 @@ def resolve_model(name_or_path: str | Path, num_classes: int | None = None) -> t
         "options": dict(info.options),
         "trained": bool(info.trained),
     }
+    if segmenter.heads:  # a multi-task net: which output is which head, and their classes
+        meta["head_classes"] = dict(segmenter.heads)
+        meta["main_head"] = segmenter.main_head
+        if info.meta.get("head_class_names"):
+            meta["head_class_names"] = info.meta["head_class_names"]
     return net.eval(), meta
 
 
@@ -137,7 +142,9 @@ def export_onnx(model: nn.Module, path: str | Path, *, meta: dict[str, Any] | No
                 example_size: tuple[int, int] = (64, 64)) -> Path:
     """Write ``model`` as ONNX with dynamic ``batch``, ``height`` and ``width``.
 
-    Input ``input`` (``N x 3 x H x W`` float32), output ``logits`` (``N x K x H x W``).
+    Input ``input`` (``N x 3 x H x W`` float32), output ``logits`` (``N x K x H x W``);
+    a multi-task net (``head_classes``, e.g. SIFT Flow's ``sem`` + ``geo``) gets one
+    output per head, named after the head.
     """
     import onnx
 
@@ -148,12 +155,15 @@ def export_onnx(model: nn.Module, path: str | Path, *, meta: dict[str, Any] | No
     model = model.eval()
     x = _example(model, example_size)
     dyn = {0: "batch", 2: "height", 3: "width"}
+    heads = getattr(model, "head_classes", None)
+    outputs = list(heads) if isinstance(heads, dict) and heads else ["logits"]  # forward's dict order
     buf = io.BytesIO()
     ctx = _quiet_exporters()
     try:
         with torch.no_grad():
-            torch.onnx.export(model, (x,), buf, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": dyn, "logits": dyn}, opset_version=int(opset),
+            torch.onnx.export(model, (x,), buf, input_names=["input"], output_names=outputs,
+                              dynamic_axes={"input": dyn, **{name: dyn for name in outputs}},
+                              opset_version=int(opset),
                               do_constant_folding=True, dynamo=False)
     except Exception as exc:
         if "opset" in str(exc).lower():
@@ -263,7 +273,7 @@ def _range_note(program: Any, x: Tensor) -> str:
 
 # --------------------------------------------------------------------------- reading back
 def load_exported(path: str | Path, fmt: str, *, threads: int | None = None) -> Callable[[Tensor], Tensor]:
-    """A callable ``N x 3 x H x W`` tensor -> logits tensor running the exported file."""
+    """A callable ``N x 3 x H x W`` tensor -> logits (a dict of them for a multi-task ONNX file) running the exported file."""
     _check_format(fmt)
     path = Path(path)
     if not path.is_file():
@@ -277,9 +287,14 @@ def load_exported(path: str | Path, fmt: str, *, threads: int | None = None) -> 
             opts.intra_op_num_threads = int(threads)
         session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
-        def run_onnx(x: Tensor) -> Tensor:
+        names = [o.name for o in session.get_outputs()]
+
+        def run_onnx(x: Tensor) -> Tensor | dict[str, Tensor]:
             arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-            return torch.from_numpy(session.run(["logits"], {"input": arr})[0])
+            outs = session.run(names, {"input": arr})
+            if names == ["logits"]:
+                return torch.from_numpy(outs[0])
+            return {name: torch.from_numpy(o) for name, o in zip(names, outs)}  # one output per head
 
         return run_onnx
     if fmt == "torchscript":
@@ -301,17 +316,23 @@ def compare_outputs(reference: nn.Module, runner: Callable[[Tensor], Tensor],
     A zero reference output (an untrained FCN: its score layers start at zero)
     compares absolutely instead.
     """
+    def error(ref: Tensor, got: Tensor) -> float:
+        ref, got = ref.float().cpu(), got.float().cpu()
+        if got.shape != ref.shape:
+            return float("inf")
+        scale = float(ref.abs().max())
+        return float((got - ref).abs().max()) / (scale if scale > 0 else 1.0)
+
     out: dict[tuple[int, int, int], float] = {}
     for n, h, w in sizes:
         x = _example(reference, (h, w), batch=n)
         with torch.no_grad():
-            ref = reference(x).float().cpu()
-            got = runner(x).float().cpu()
-        if got.shape != ref.shape:
-            out[(n, h, w)] = float("inf")
-            continue
-        scale = float(ref.abs().max())
-        out[(n, h, w)] = float((got - ref).abs().max()) / (scale if scale > 0 else 1.0)
+            ref, got = reference(x), runner(x)
+        if isinstance(ref, dict):  # a multi-task net: the worst head counts
+            same = isinstance(got, dict) and set(got) == set(ref)
+            out[(n, h, w)] = max(error(ref[k], got[k]) for k in ref) if same else float("inf")
+        else:
+            out[(n, h, w)] = error(ref, got)
     return out
 
 
@@ -336,7 +357,10 @@ def export_model(model: nn.Module, path: str | Path, fmt: str, *, meta: dict[str
     notes: list[str] = []
     if fmt == "onnx":
         export_onnx(model, path, meta=meta, opset=opset, example_size=example_size)
-        notes.append(f"ONNX opset {opset}; input 'input' N x C x H x W, output 'logits'; batch, height, width dynamic")
+        heads = getattr(model, "head_classes", None)
+        names = ", ".join(f"'{n}'" for n in heads) if isinstance(heads, dict) and heads else "'logits'"
+        notes.append(f"ONNX opset {opset}; input 'input' N x C x H x W, output(s) {names}; "
+                     "batch, height, width dynamic")
     elif fmt == "torchscript":
         export_torchscript(model, path, meta=meta, example_size=example_size)
         notes.append("TorchScript (traced); batch, height, width dynamic")

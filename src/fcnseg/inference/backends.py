@@ -103,14 +103,37 @@ class OnnxBackend:
         names = [i.name for i in inputs]
         self.input_name = "input" if "input" in names else names[0]
         onames = [o.name for o in outputs]
-        self.output_name = "logits" if "logits" in onames else onames[0]
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map or {})
+        self.device = torch.device("cpu")  # results come back as numpy on the host
+        # A multi-task export has one output per head (named after it) and says so in its metadata.
+        self.head_classes: dict[str, int] | None = None
+        self.main_head: str | None = None
+        heads = _fcnseg_meta(self.metadata).get("head_classes")
+        if isinstance(heads, dict) and len(onames) > 1 and set(heads) == set(onames):
+            self.head_classes = {name: int(heads[name]) for name in onames}
+            self.main_head = _fcnseg_meta(self.metadata).get("main_head") or onames[0]
+            self.output_names = onames
+            self.output_name = self.main_head
+        else:
+            self.output_name = "logits" if "logits" in onames else onames[0]
+            self.output_names = [self.output_name]
         out = outputs[onames.index(self.output_name)]
         c = out.shape[1] if len(out.shape) == 4 else None
         self.num_classes = c if isinstance(c, int) else None
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map or {})
-        self.device = torch.device("cpu")  # results come back as numpy on the host
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor) -> Tensor | dict[str, Tensor]:
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        out = self.session.run([self.output_name], {self.input_name: arr})[0]
-        return torch.from_numpy(out)
+        outs = self.session.run(self.output_names, {self.input_name: arr})
+        if self.head_classes is None:
+            return torch.from_numpy(outs[0])
+        return {name: torch.from_numpy(o) for name, o in zip(self.output_names, outs)}
+
+
+def _fcnseg_meta(metadata: dict[str, str]) -> dict:
+    import json
+
+    try:
+        meta = json.loads(metadata.get("fcnseg", "{}"))
+    except json.JSONDecodeError:
+        return {}
+    return meta if isinstance(meta, dict) else {}

@@ -76,9 +76,10 @@ class Segmenter:
         arch = self.net if self.net is not None else geometry_net
         modalities = getattr(arch, "modalities", None)
         self.modalities: dict[str, int] | None = dict(modalities) if isinstance(modalities, Mapping) else None
-        head_classes = getattr(self.net, "head_classes", None)  # torch only: ONNX files have one output
+        heads_of = self.net if self.net is not None else runner  # the torch net, or the ONNX session's outputs
+        head_classes = getattr(heads_of, "head_classes", None)
         self.heads: dict[str, int] = dict(head_classes) if isinstance(head_classes, Mapping) else {}
-        self.main_head: str | None = getattr(self.net, "main_head", None) if self.heads else None
+        self.main_head: str | None = getattr(heads_of, "main_head", None) if self.heads else None
         self._head = self.main_head  # the head whose scores this Segmenter returns
 
     def __repr__(self) -> str:
