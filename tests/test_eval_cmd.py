@@ -115,6 +115,32 @@ def test_evaluate_batching_flip_and_limit(small_camvid):
     assert ds.transform is None  # evaluate did not change the caller's data set
 
 
+def test_eval_tta_equals_predict_tta(small_camvid, tmp_path, capsys):
+    """`fcnseg eval --tta` scores exactly what `Segmenter.predict(tta=...)` (and `fcnseg predict
+    --tta`) outputs: one TTA implementation behind both."""
+    import fcnseg
+    from fcnseg.metrics import ConfusionMatrix
+
+    spec = "flip,scales=0.75,1"
+    model = fcnseg.load_model("camvid-fcn8s-lite0", optimize=False)  # eval runs the plain module too
+    ds = get_dataset("camvid", small_camvid, "val")
+    cm = ConfusionMatrix(11, ignore_index=ds.ignore_index)
+    for i in range(len(ds)):
+        raw = ds.load_raw(i)
+        cm.update(model.predict(raw["image"], tta=spec).astype(np.int64), raw["label"].astype(np.int64))
+    out = tmp_path / "tta.json"
+    assert main(["eval", "--model", "camvid-fcn8s-lite0", "--dataset", "camvid", "--root", str(small_camvid),
+                 "--tta", spec, "--json", str(out), "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    assert data["tta"] == spec and data["flip"] is True
+    np.testing.assert_array_equal(np.asarray(data["confusion"]), cm.numpy())
+    plain = evaluate(model.net, ds, progress=False)
+    assert not np.array_equal(plain.confusion.numpy(), cm.numpy())  # the views changed something
+    assert main(["eval", "--model", "camvid-fcn8s-lite0", "--dataset", "camvid", "--root", str(small_camvid),
+                 "--tta", "flip,scales=0"]) == 2
+    assert "scale" in capsys.readouterr().err
+
+
 class ConstantHeads(nn.Module):
     """Predicts class 1 of the semantic head and class 2 of the geometric head everywhere."""
 
@@ -155,6 +181,11 @@ def test_evaluate_scores_extra_heads(tmp_path):
     assert names == ["sky", "horizontal", "vertical"]
     assert geo_cm.numpy()[2, 2] == 32 and geo_cm.numpy()[0, 2] == 32
     assert res.to_dict()["heads"]["geo"]["pixel_acc"] == pytest.approx(0.5)
+    # TTA averages each head's probabilities separately (constant heads: same answer)
+    tta = evaluate(ConstantHeads(), get_dataset("siftflow", tmp_path, "test"), progress=False,
+                   tta="flip,scales=0.5,1")
+    assert np.array_equal(tta.confusion.numpy(), res.confusion.numpy())
+    assert np.array_equal(tta.heads["geo"][0].numpy(), geo_cm.numpy())
 
 
 def test_bad_input_exit_codes(small_camvid, tmp_path, capsys):

@@ -116,7 +116,7 @@ def _groups(samples: list[dict[str, Any]], batch_size: int) -> Iterator[list[dic
 def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
              normalization: str | None = None, progress: bool = True, batch_size: int = 1,
              num_workers: int = 0, skip_bad: bool = False, flip: bool = False,
-             amp: bool = False, limit: int | None = None) -> EvalResult:
+             amp: bool = False, limit: int | None = None, tta: Any = None) -> EvalResult:
     """Run ``model`` over every sample of ``dataset`` and score it.
 
     Args:
@@ -128,12 +128,19 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
         batch_size: images per forward pass (equal-size neighbours only).
         num_workers: DataLoader worker processes for reading images.
         skip_bad: log and skip unreadable/inconsistent samples instead of stopping.
-        flip: also score the mirrored image and average the probabilities.
+        flip: also score the mirrored image and average the probabilities (``tta="flip"``).
+        tta: test-time augmentation, e.g. ``"flip,scales=0.75,1,1.25"`` or a
+            :class:`fcnseg.inference.TTA`: probabilities of all views averaged, exactly as
+            ``Segmenter.predict(tta=...)`` and ``fcnseg predict --tta`` do.
         amp: autocast (bfloat16 on CPU, float16 on CUDA).
         limit: score only the first ``limit`` images (quick checks).
     """
     from .data.transforms import eval_transforms
+    from .inference.tta import TTA, parse_tta, tta_probs
 
+    views = parse_tta(tta)
+    if flip:
+        views = TTA(flip=True, scales=views.scales)
     dev = torch.device(device)
     num_classes = int(dataset.num_classes)
     if getattr(model, "num_classes", num_classes) != num_classes:
@@ -186,17 +193,10 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
             for group in _groups(good, max(1, batch_size)):
                 x = _model_inputs(model, group, dev)
                 with torch.autocast(dev.type, dtype=autocast_dtype, enabled=amp):
-                    out = model(x)
-                    if flip:
-                        xf = {k: v.flip(-1) for k, v in x.items()} if isinstance(x, dict) else x.flip(-1)
-                        outf = model(xf)
+                    out = tta_probs(model, x, views) if views.active else model(x)  # scores or probabilities
                 outs = out if isinstance(out, Mapping) else {None: out}
-                outfs = (outf if isinstance(outf, Mapping) else {None: outf}) if flip else {}
                 for head, logits in outs.items():
-                    logits = logits.float()
-                    if flip:
-                        logits = logits.softmax(1) + outfs[head].float().softmax(1).flip(-1)
-                    pred = logits.argmax(1)
+                    pred = logits.float().argmax(1)
                     is_main = head is None or head == main_head or (main_head is None and head == next(iter(outs)))
                     if is_main:
                         target = torch.stack([s["label"] for s in group]).to(dev)

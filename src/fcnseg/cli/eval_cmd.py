@@ -35,7 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
-    p.add_argument("--flip", action="store_true", help="average with the mirrored image's prediction")
+    p.add_argument("--flip", action="store_true", help="average with the mirrored image's prediction "
+                   "(same as --tta flip)")
+    p.add_argument("--tta", default=None, metavar="SPEC",
+                   help="test-time augmentation as in `fcnseg predict --tta`, e.g. flip,scales=0.75,1,1.25 "
+                        "(probabilities of all views averaged)")
     p.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N images")
     p.add_argument("--normalization", choices=["caffe", "imagenet"], default=None,
@@ -88,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     json_path = _check_output(args.json, "--json")
+    from ..inference.tta import TTA, parse_tta
+
+    tta = parse_tta(args.tta)  # a bad spec fails here, before any data is read
+    if args.flip:
+        tta = TTA(flip=True, scales=tta.scales)
     fig_path = _check_output(args.confusion, "--confusion", (".png", ".pdf", ".svg", ".jpg"))
     if fig_path is not None:
         try:
@@ -117,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", UserWarning)  # DataLoader chatter; real problems are UserErrors
         result = evaluate(model, dataset, device=device, normalization=norm, progress=not args.quiet,
                           batch_size=args.batch_size, num_workers=args.workers, skip_bad=args.skip_bad,
-                          flip=args.flip, amp=args.amp, limit=args.limit)
+                          amp=args.amp, limit=args.limit, tta=tta)
     total = result.num_images + len(result.skipped)
     if result.num_images == 0:
         raise UserError(f"all {total} images of {dataset_name} {args.split} were bad; nothing to score")
@@ -134,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     if json_path is not None:
         data = result.to_dict()
         data.update({"model": args.model, "architecture": segmenter.model, "dataset": dataset_name,
-                     "root": str(args.root), "split": args.split, "normalization": norm, "flip": args.flip})
+                     "root": str(args.root), "split": args.split, "normalization": norm, "flip": tta.flip,
+                     "tta": str(tta)})
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(_nan_to_none(data), indent=2) + "\n")
         print(f"wrote {json_path}")

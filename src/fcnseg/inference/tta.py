@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -96,31 +96,51 @@ def _scale(tok: str, text: str) -> float:
     return float(tok)
 
 
-def tta_probs(run: Callable[[Tensor], Tensor], x: Tensor, tta: TTA) -> Tensor:
+Batch = Tensor | Mapping[str, Tensor]
+
+
+def _each(x: Batch, fn: Callable[[Tensor], Tensor]) -> Batch:
+    """``fn`` on a tensor, or on every tensor of a dict (multi-input nets, multi-head outputs)."""
+    return {k: fn(v) for k, v in x.items()} if isinstance(x, Mapping) else fn(x)
+
+
+def _add(a: Batch | None, b: Batch) -> Batch:
+    if a is None:
+        return b
+    return {k: a[k] + b[k] for k in b} if isinstance(b, Mapping) else a + b
+
+
+def tta_probs(run: Callable[[Batch], Batch], x: Batch, tta: TTA) -> Batch:
     """Averaged class probabilities ``N x C x H x W`` of batch ``x`` (``N x 3 x H x W``, normalised).
 
-    ``run`` maps a normalised batch to logits of the same spatial size.
+    ``run`` maps a normalised batch to logits of the same spatial size. A multi-input
+    net's dict of inputs is resized and mirrored input by input, and a multi-head net's
+    dict of logits gives a dict of averaged probabilities, head by head.
     """
-    height, width = x.shape[-2:]
-    total: Tensor | None = None
+    first = next(iter(x.values())) if isinstance(x, Mapping) else x
+    n, (height, width) = first.shape[0], first.shape[-2:]
+
+    def to_probs(v: Tensor) -> Tensor:
+        if v.shape[-2:] != (height, width):
+            v = F.interpolate(v, size=(height, width), mode="bilinear", align_corners=False)
+        return torch.softmax(v.float(), dim=1)
+
+    total: Batch | None = None
     for s in tta.scales:
         if s == 1.0:
             xs = x
         else:
             size = (max(1, round(height * s)), max(1, round(width * s)))
-            xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=s < 1.0)
+            xs = _each(x, lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False,
+                                                  antialias=s < 1.0))
         if tta.flip:
-            n = xs.shape[0]
-            logits = run(torch.cat([xs, xs.flip(-1)]))
-            views = [logits[:n], logits[n:].flip(-1)]
+            logits = run(_each(xs, lambda t: torch.cat([t, t.flip(-1)])))
+            views = [_each(logits, lambda t: t[:n]), _each(logits, lambda t: t[n:].flip(-1))]
         else:
             views = [run(xs)]
-        term: Tensor | None = None
+        term: Batch | None = None
         for v in views:
-            if v.shape[-2:] != (height, width):
-                v = F.interpolate(v, size=(height, width), mode="bilinear", align_corners=False)
-            p = torch.softmax(v.float(), dim=1)
-            term = p if term is None else term + p
-        total = term if total is None else total + term
+            term = _add(term, _each(v, to_probs))
+        total = _add(total, term)
     assert total is not None
-    return total.div_(tta.num_views)
+    return _each(total, lambda t: t.div_(tta.num_views))

@@ -1,0 +1,49 @@
+"""Markdown table of CamVid training runs: the last validation of each run's log.jsonl.
+
+    python scripts/ablation_table.py runs/ablate-ref runs/ablate-no-class-weights ...
+    python scripts/ablation_table.py --reference runs/ablate-ref runs/ablate-*
+
+Prints, per run, the final val pixel accuracy, mean accuracy, mean IU (with the change
+against ``--reference``) and the IoU of every class, in percent.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
+           "Pedestrian", "Bicyclist"]
+
+
+def last_val(run: Path) -> dict:
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    vals = [r for r in rows if r.get("type") == "val"]
+    if not vals:
+        raise SystemExit(f"{run}: no validation in its log.jsonl yet")
+    return vals[-1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--reference", type=Path, default=None, help="run the changes are measured against")
+    args = ap.parse_args()
+    ref = last_val(args.reference)["mean_iou"] if args.reference else None
+    head = ["run", "epoch", "pixel acc", "mean acc", "mean IU", "change"] + CLASSES
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    seen = set()
+    for run in ([args.reference] if args.reference else []) + args.runs:
+        if run.resolve() in seen:
+            continue
+        seen.add(run.resolve())
+        v = last_val(run)
+        change = f"{100 * (v['mean_iou'] - ref):+.1f}" if ref is not None else ""
+        cells = [run.name, str(v["epoch"]), f"{100 * v['pixel_acc']:.1f}", f"{100 * v['mean_acc']:.1f}",
+                 f"**{100 * v['mean_iou']:.1f}**", change] + [f"{100 * x:.1f}" for x in v["iou"]]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
