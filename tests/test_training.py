@@ -201,6 +201,12 @@ def test_config_file_overrides_and_errors(tmp_path, data_root):
     cfg_path = _config(data_root, tmp_path / "c", lr=0.5)
     cfg = load_config(cfg_path, {"lr": "1e-3", "crop_size": "[16, 16]", "flip": "false"})
     assert cfg.lr == 1e-3 and cfg.crop_size == [16, 16] and cfg.flip is False and cfg.batch_size == 2
+    # `none` (as --help spells it) and YAML's null both switch an optional option off
+    for off in ("none", "None", "null"):
+        cfg = load_config(cfg_path, {"crop_size": off, "scale_range": off, "init_from": off, "class_weights": off})
+        assert cfg.crop_size is None and cfg.scale_range is None and cfg.init_from is None
+        assert cfg.class_weights in (None, "none")
+    assert load_config(cfg_path, {"amp": "none"}).amp == "none"  # a plain string option keeps the word
     with pytest.raises(UserError, match="unknown option 'learning_rate'"):
         from fcnseg.training import TrainConfig
 
