@@ -205,7 +205,7 @@ def test_config_file_overrides_and_errors(tmp_path, data_root):
     for off in ("none", "None", "null"):
         cfg = load_config(cfg_path, {"crop_size": off, "scale_range": off, "init_from": off, "class_weights": off})
         assert cfg.crop_size is None and cfg.scale_range is None and cfg.init_from is None
-        assert cfg.class_weights in (None, "none")
+        assert cfg.class_weights is None
     assert load_config(cfg_path, {"amp": "none"}).amp == "none"  # a plain string option keeps the word
     with pytest.raises(UserError, match="unknown option 'learning_rate'"):
         from fcnseg.training import TrainConfig

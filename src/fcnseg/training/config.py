@@ -168,7 +168,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     hints = typing.get_type_hints(TrainConfig)
     for key, value in list(data.items()):
         hint = hints.get(key)
-        if isinstance(value, str) and value.strip().lower() == "none" and type(None) in typing.get_args(hint):
+        optional = hint is Any or type(None) in typing.get_args(hint)
+        if isinstance(value, str) and value.strip().lower() == "none" and optional:
             data[key] = value = None  # `--crop-size none`: YAML spells it null, users say none
         if hint is str and value is not None and not isinstance(value, str):
             data[key] = str(value)
