@@ -4,7 +4,9 @@
     python scripts/ablation_table.py --reference runs/ablate-ref runs/ablate-*
 
 Prints, per run, the final val pixel accuracy, mean accuracy, mean IU (with the change
-against ``--reference``) and the IoU of every class, in percent.
+against ``--reference``), the mean IU with flip TTA where the run folder holds a
+``val-flip.json`` from ``fcnseg eval --model RUN/best.safetensors ... --flip --json
+RUN/val-flip.json``, and the IoU of every class, in percent.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def main() -> None:
     ap.add_argument("--reference", type=Path, default=None, help="run the changes are measured against")
     args = ap.parse_args()
     ref = last_val(args.reference)["mean_iou"] if args.reference else None
-    head = ["run", "epoch", "pixel acc", "mean acc", "mean IU", "change"] + CLASSES
+    head = ["run", "epoch", "pixel acc", "mean acc", "mean IU", "change", "flip TTA"] + CLASSES
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     seen = set()
@@ -40,8 +42,10 @@ def main() -> None:
         seen.add(run.resolve())
         v = last_val(run)
         change = f"{100 * (v['mean_iou'] - ref):+.1f}" if ref is not None else ""
+        flip_file = run / "val-flip.json"
+        flip = f"{100 * json.loads(flip_file.read_text())['mean_iou']:.1f}" if flip_file.is_file() else "-"
         cells = [run.name, str(v["epoch"]), f"{100 * v['pixel_acc']:.1f}", f"{100 * v['mean_acc']:.1f}",
-                 f"**{100 * v['mean_iou']:.1f}**", change] + [f"{100 * x:.1f}" for x in v["iou"]]
+                 f"**{100 * v['mean_iou']:.1f}**", change, flip] + [f"{100 * x:.1f}" for x in v["iou"]]
         print("| " + " | ".join(cells) + " |")
 
 
