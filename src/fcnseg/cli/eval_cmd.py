@@ -133,13 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
     title = (f"{args.model} on {dataset_name} {args.split}: {result.num_images} images, "
              f"{result.seconds:.1f} s ({device}, {norm} normalisation)")
-    print(format_table(result.confusion.compute(), result.class_names, title))
-    for head, (cm, names) in result.heads.items():
-        print()
-        print(format_table(cm.compute(), names, f"head {head!r}"))
-    if result.skipped:
-        print(f"fcnseg eval: skipped {len(result.skipped)} of {total} images (bad input)", file=sys.stderr)
-
+    # files first: a closed stdout (`fcnseg eval ... | head`) must not lose the results
     if json_path is not None:
         data = result.to_dict()
         data.update({"model": args.model, "architecture": segmenter.model, "dataset": dataset_name,
@@ -147,10 +141,18 @@ def run(args: argparse.Namespace) -> int:
                      "tta": str(tta)})
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(_nan_to_none(data), indent=2) + "\n")
-        print(f"wrote {json_path}")
     if fig_path is not None:
         save_confusion_figure(result.confusion.numpy(), result.class_names, fig_path, title=title)
-        print(f"wrote {fig_path}")
+    print(format_table(result.confusion.compute(), result.class_names, title))
+    for head, (cm, names) in result.heads.items():
+        print()
+        print(format_table(cm.compute(), names, f"head {head!r}"))
+    if result.skipped:
+        print(f"fcnseg eval: skipped {len(result.skipped)} of {total} images (bad input)", file=sys.stderr)
+
+    for written in (json_path, fig_path):
+        if written is not None:
+            print(f"wrote {written}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""``fcnseg models``: list every model with its parameter count, output stride and receptive field."""
+"""``fcnseg models``: list every architecture with its parameter count, output stride and
+receptive field, and the trained models shipped in the package."""
 from __future__ import annotations
 
 import argparse
@@ -38,14 +39,33 @@ def describe_models(num_classes: int | None = None) -> list[dict]:
     return rows
 
 
+def describe_shipped() -> list[dict]:
+    """One row per trained model shipped in the package: name, architecture, classes, data set."""
+    from ..inference import list_shipped_models, shipped_weights_path
+    from ..weights import read_meta
+
+    rows = []
+    for name in list_shipped_models():
+        meta = read_meta(shipped_weights_path(name))
+        rows.append({"name": name, "model": meta.get("model"), "num_classes": meta.get("num_classes"),
+                     "dataset": meta.get("dataset"), "class_names": meta.get("class_names")})
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     rows = describe_models(args.num_classes)
+    shipped = describe_shipped()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"architectures": rows, "shipped": shipped}, indent=2))
         return 0
     print(f"{'model':<26} {'trunk':<20} {'classes':>7} {'params':>10} {'stride':>6} {'RF':>5}")
     for r in rows:
         rf = r["receptive_field"] if r["receptive_field"] is not None else "-"
         print(f"{r['name']:<26} {r['trunk']:<20} {r['num_classes']:>7} {r['params'] / 1e6:>9.2f}M "
               f"{r['output_stride']:>6} {rf:>5}")
+    print("(architectures: untrained unless weights are given; RF = receptive field in pixels)")
+    print()
+    print(f"{'trained model (shipped)':<26} {'architecture':<20} {'classes':>7}  data set")
+    for r in shipped:
+        print(f"{r['name']:<26} {str(r['model']):<20} {str(r['num_classes']):>7}  {r['dataset'] or '-'}")
     return 0
