@@ -3,11 +3,12 @@
 ``TorchBackend`` runs an ``nn.Module`` in eval mode under ``torch.inference_mode``,
 by default through :func:`fcnseg.fast.optimize_for_inference` (BatchNorm folded,
 depthwise bilinear upsampling, channels-last: the same logits within float rounding,
-measured 1.7x faster end to end for Lite0 on CPU, see docs/performance.md); the
-optimised copy is made on the first call, and ``.net`` stays the plain module (its
-state dict and class are what users save, export or inspect). ``OnnxBackend`` runs an exported
-``.onnx`` file with onnxruntime (input ``input``, output ``logits``, dynamic
-``N, H, W``).
+measured 1.5-1.7x faster end to end for the shipped Lite0 model on CPU, see
+docs/performance.md); the optimised copy is made on the first call (it holds its own
+weights: twice the parameter memory), and ``.net`` stays the plain module (its state
+dict and class are what users save, export or inspect). ``OnnxBackend`` runs an
+exported ``.onnx`` file with onnxruntime (input ``input``, output ``logits`` or one
+output per head, dynamic ``N, H, W``).
 """
 from __future__ import annotations
 
