@@ -576,3 +576,17 @@ def test_bad_onnx_file(tmp_path):
     p.write_bytes(b"not a model")
     with pytest.raises(UserError, match="broken.onnx: not a loadable ONNX model"):
         load_model(p)
+
+
+@pytest.mark.parametrize("bad", ["{not json", "[1, 2]"])
+def test_onnx_file_with_broken_metadata_is_refused(onnx_file, tmp_path, bad):
+    import onnx
+
+    proto = onnx.load(str(onnx_file[0]))
+    for entry in proto.metadata_props:
+        if entry.key == "fcnseg":
+            entry.value = bad
+    path = tmp_path / "bad.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(UserError, match="'fcnseg' metadata is not valid JSON"):
+        load_model(path)

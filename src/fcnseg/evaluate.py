@@ -136,11 +136,9 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
         limit: score only the first ``limit`` images (quick checks).
     """
     from .data.transforms import eval_transforms
-    from .inference.tta import TTA, parse_tta, tta_probs
+    from .inference.tta import parse_tta, tta_probs
 
-    views = parse_tta(tta)
-    if flip:
-        views = TTA(flip=True, scales=views.scales)
+    views = parse_tta(tta, flip=flip)
     dev = torch.device(device)
     num_classes = int(dataset.num_classes)
     if getattr(model, "num_classes", num_classes) != num_classes:

@@ -279,14 +279,9 @@ def load_exported(path: str | Path, fmt: str, *, threads: int | None = None) -> 
     if not path.is_file():
         raise UserError(f"{path}: no such exported model file")
     if fmt == "onnx":
-        import onnxruntime as ort
+        from .fast import onnx_session
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
+        session = onnx_session(path, threads)
         names = [o.name for o in session.get_outputs()]
 
         def run_onnx(x: Tensor) -> Tensor | dict[str, Tensor]:

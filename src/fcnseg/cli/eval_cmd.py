@@ -92,11 +92,9 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     json_path = _check_output(args.json, "--json")
-    from ..inference.tta import TTA, parse_tta
+    from ..inference.tta import parse_tta
 
-    tta = parse_tta(args.tta)  # a bad spec fails here, before any data is read
-    if args.flip:
-        tta = TTA(flip=True, scales=tta.scales)
+    tta = parse_tta(args.tta, flip=args.flip)  # a bad spec fails here, before any data is read
     fig_path = _check_output(args.confusion, "--confusion", (".png", ".pdf", ".svg", ".jpg"))
     if fig_path is not None:
         try:

@@ -105,14 +105,15 @@ class OnnxBackend:
         self.input_name = "input" if "input" in names else names[0]
         onames = [o.name for o in outputs]
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map or {})
+        self.meta = _fcnseg_meta(self.metadata, path)  # what `fcnseg export` wrote (may be empty)
         self.device = torch.device("cpu")  # results come back as numpy on the host
         # A multi-task export has one output per head (named after it) and says so in its metadata.
         self.head_classes: dict[str, int] | None = None
         self.main_head: str | None = None
-        heads = _fcnseg_meta(self.metadata).get("head_classes")
+        heads = self.meta.get("head_classes")
         if isinstance(heads, dict) and len(onames) > 1 and set(heads) == set(onames):
             self.head_classes = {name: int(heads[name]) for name in onames}
-            self.main_head = _fcnseg_meta(self.metadata).get("main_head") or onames[0]
+            self.main_head = self.meta.get("main_head") or onames[0]
             self.output_names = onames
             self.output_name = self.main_head
         else:
@@ -130,11 +131,17 @@ class OnnxBackend:
         return {name: torch.from_numpy(o) for name, o in zip(self.output_names, outs)}
 
 
-def _fcnseg_meta(metadata: dict[str, str]) -> dict:
+def _fcnseg_meta(metadata: dict[str, str], path: Path) -> dict:
+    """The JSON object under the file's ``fcnseg`` metadata key (``{}`` when there is none)."""
     import json
 
-    try:
-        meta = json.loads(metadata.get("fcnseg", "{}"))
-    except json.JSONDecodeError:
+    raw = metadata.get("fcnseg")
+    if not raw:
         return {}
-    return meta if isinstance(meta, dict) else {}
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: its 'fcnseg' metadata is not valid JSON")
+    return meta

@@ -18,7 +18,6 @@ class count that differs from the one asked for) is a one-line :class:`UserError
 """
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,13 +238,7 @@ def _from_registry(model: str, num_classes: int | None) -> tuple[nn.Module, Mode
 
 
 def _onnx_info(backend, path: Path, name: str, num_classes: int | None) -> ModelInfo:
-    raw = backend.metadata.get("fcnseg")
-    meta: dict[str, Any] = {}
-    if raw:
-        try:
-            meta = json.loads(raw)
-        except json.JSONDecodeError:
-            raise UserError(f"{path}: its 'fcnseg' metadata is not valid JSON") from None
+    meta: dict[str, Any] = backend.meta
     if not meta.get("normalization"):
         warnings.warn(f"{path}: ONNX file carries no fcnseg metadata; assuming 'imagenet' normalisation "
                       "and generic class names", UserWarning, stacklevel=3)

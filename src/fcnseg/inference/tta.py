@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 import torch
@@ -55,11 +55,14 @@ class TTA:
 _NUM = re.compile(r"^\s*[0-9]*\.?[0-9]+(e[-+]?[0-9]+)?\s*$", re.IGNORECASE)
 
 
-def parse_tta(spec: str | TTA | None) -> TTA:
+def parse_tta(spec: str | TTA | None, *, flip: bool = False) -> TTA:
     """Parse ``"flip"``, ``"scales=0.75,1,1.25"``, ``"flip,scales=0.5,1"`` or ``"none"`` into a :class:`TTA`.
 
     Numbers after ``scales=`` continue until the next word; an unknown word is an error.
+    ``flip=True`` adds the mirror whatever the spec says (a separate ``--flip`` switch).
     """
+    if flip:
+        return replace(parse_tta(spec), flip=True)
     if spec is None:
         return TTA()
     if isinstance(spec, TTA):
