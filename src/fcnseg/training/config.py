@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +30,8 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 @dataclass
 class TrainConfig:
     # model
-    model: str = _f("fcn8s_lite0", "model name (see `fcnseg models`)")
-    num_classes: int | None = _f(None, "number of classes (default: the data set's)")
+    model: str = _f("fcn8s_lite0", "model name (see `fcnseg models`)", nonempty=True)
+    num_classes: int | None = _f(None, "number of classes (default: the data set's)", min=1)
     model_options: dict = _f({}, "extra model builder options, e.g. {learnable_upsampling: true}")
     pretrained_backbone: bool = _f(False, "load ImageNet trunk weights shipped with the backbone package")
     init_from: str | None = _f(None, "transplant a coarser FCN's weights (checkpoint or .safetensors), e.g. 32s -> 16s")
@@ -42,48 +44,56 @@ class TrainConfig:
     val_dataset: str | None = _f(None, "validation data set name if not the training one (VOC: train sbd, validate voc)")
     val_data_root: str | None = _f(None, "validation data set root if not data_root")
     dataset_options: dict = _f({}, "extra data set options (e.g. classes file for 'folder')")
-    normalization: str | None = _f(None, "input preset: caffe or imagenet (default: the model's)")
+    normalization: str | None = _f(None, "input preset: caffe or imagenet (default: the model's)",
+                                     choices=("caffe", "imagenet", "caffe-nyud", "caffe-siftflow"))
     input_key: str = _f("image", "sample key fed to single-input nets (image, or hha for the HHA net)")
-    crop_size: list | None = _f(None, "random crop [h, w] (padded with ignore); none = full images")
-    scale_range: list | None = _f(None, "random scale [min, max]; none = no scaling")
+    crop_size: list | None = _f(None, "random crop [h, w] (padded with ignore); none = full images",
+                                items=(int, 2), min=1)
+    scale_range: list | None = _f(None, "random scale [min, max]; none = no scaling", items=(float, 2), gt=0,
+                                  ordered=True)
     flip: bool = _f(False, "random horizontal flips")
     color_jitter: bool = _f(False, "random brightness/contrast/saturation")
-    workers: int = _f(2, "data loader worker processes")
+    workers: int = _f(2, "data loader worker processes", min=0)
     # optimisation
-    epochs: int = _f(1, "number of passes over the training set")
-    max_iters: int | None = _f(None, "stop after this many optimiser steps (overrides epochs when smaller)")
-    batch_size: int = _f(1, "images per optimiser step and process, before accumulation")
-    grad_accum: int = _f(1, "accumulate gradients over this many batches per step")
-    optimizer: str = _f("sgd", "sgd or adamw")
-    lr: float = _f(1e-10, "base learning rate")
-    momentum: float = _f(0.99, "SGD momentum (adamw: beta1)")
-    weight_decay: float = _f(5e-4, "weight decay")
-    bias_lr_mult: float = _f(2.0, "learning-rate multiplier of biases (reference: 2)")
+    epochs: int = _f(1, "number of passes over the training set", min=1)
+    max_iters: int | None = _f(None, "stop after this many optimiser steps (overrides epochs when smaller)", min=1)
+    batch_size: int = _f(1, "images per optimiser step and process, before accumulation", min=1)
+    grad_accum: int = _f(1, "accumulate gradients over this many batches per step", min=1)
+    optimizer: str = _f("sgd", "sgd or adamw", choices=("sgd", "adamw"))
+    lr: float = _f(1e-10, "base learning rate", gt=0)
+    momentum: float = _f(0.99, "SGD momentum (adamw: beta1)", min=0, lt=1)
+    weight_decay: float = _f(5e-4, "weight decay", min=0)
+    bias_lr_mult: float = _f(2.0, "learning-rate multiplier of biases (reference: 2)", min=0)
     bias_decay: bool = _f(False, "apply weight decay to biases (reference: no)")
-    backbone_lr_mult: float = _f(1.0, "learning-rate multiplier of the trunk")
-    lr_schedule: str = _f("fixed", "fixed, poly or cosine")
-    poly_power: float = _f(0.9, "exponent of the poly schedule")
-    warmup_iters: int = _f(0, "linear warm-up steps")
+    backbone_lr_mult: float = _f(1.0, "learning-rate multiplier of the trunk", min=0)
+    lr_schedule: str = _f("fixed", "fixed, poly or cosine", choices=("fixed", "poly", "cosine"))
+    poly_power: float = _f(0.9, "exponent of the poly schedule", min=0)
+    warmup_iters: int = _f(0, "linear warm-up steps", min=0)
     loss_normalize: bool = _f(False, "average the loss over pixels (reference: sum)")
-    class_weights: Any = _f(None, "none, median_freq, sqrt_median_freq, or a list of weights")
-    loss_sampling_p: float = _f(0.0, "drop each output-stride cell from the loss with this probability")
-    label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
-    nan_policy: str = _f("stop", "on NaN/inf loss or gradients: stop (naming the step and the last good checkpoint) or skip the batch")
+    class_weights: Any = _f(None, "none, median_freq, sqrt_median_freq, or a list of weights",
+                            check="_check_class_weights")
+    loss_sampling_p: float = _f(0.0, "drop each output-stride cell from the loss with this probability",
+                                 min=0, lt=1)
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing", min=0, max=1)
+    nan_policy: str = _f("stop", "on NaN/inf loss or gradients: stop (naming the step and the last good checkpoint) or skip the batch",
+                         choices=("stop", "skip"))
     # speed
-    amp: str = _f("none", "mixed-precision autocast: none, fp16 (with loss scaling) or bf16; meant for CUDA, also runs on CPU")
+    amp: str = _f("none", "mixed-precision autocast: none, fp16 (with loss scaling) or bf16; meant for CUDA, also runs on CPU",
+                  choices=("none", "fp16", "bf16"))
     channels_last: bool = _f(False, "channels-last memory format")
-    device: str = _f("auto", "auto, cpu or cuda")
-    threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)")
+    device: str = _f("auto", "auto, cpu or cuda", pattern=r"auto|cpu|cuda(:\d+)?",
+                    expect="auto, cpu, cuda or cuda:N")
+    threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)", min=1)
     sync_bn: bool = _f(True, "convert BatchNorm to SyncBatchNorm under DDP (CUDA only)")
     freeze_bn: bool = _f(False, "keep BatchNorm statistics fixed (eval mode) while training; small batches")
     # bookkeeping
-    run_dir: str = _f("runs/run", "output folder (checkpoints, logs)")
-    seed: int = _f(0, "random seed (data order, augmentation, init)")
+    run_dir: str = _f("runs/run", "output folder (checkpoints, logs)", nonempty=True)
+    seed: int = _f(0, "random seed (data order, augmentation, init)", min=0, max=2 ** 32 - 1)
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on CPU)")
-    log_every: int = _f(20, "log a training row every N steps")
-    val_every: int = _f(1, "validate every N epochs (0 = only at the end)")
-    val_every_iters: int | None = _f(None, "also validate every N steps")
-    checkpoint_every: int = _f(100, "write last.pt every N steps (a crash loses at most this many)")
+    log_every: int = _f(20, "log a training row every N steps", min=1)
+    val_every: int = _f(1, "validate every N epochs (0 = only at the end)", min=0)
+    val_every_iters: int | None = _f(None, "also validate every N steps", min=1)
+    checkpoint_every: int = _f(100, "write last.pt every N steps (a crash loses at most this many)", min=1)
     val_flip: bool = _f(False, "flip test-time augmentation during validation")
     tensorboard: bool = _f(False, "also write TensorBoard event files")
     progress: bool = _f(True, "show a progress bar")
@@ -93,33 +103,157 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise UserError(f"{source}: unknown option {unknown[0]!r} (see `fcnseg train --help`)")
-        cfg = cls(**data)
-        cfg.validate(source)
-        return cfg
+        """Build a config from plain values, validated first: every wrong option is named in
+        one error (nothing is created before this passes)."""
+        values, problems = check_options(data)
+        if problems:
+            raise UserError(f"{source}: {len(problems)} invalid option{'s' if len(problems) > 1 else ''}: "
+                            + "; ".join(problems))
+        return cls(**values)
 
     def validate(self, source: str = "config") -> None:
-        checks = [
-            (self.optimizer in ("sgd", "adamw"), f"optimizer must be sgd or adamw, got {self.optimizer!r}"),
-            (self.lr_schedule in ("fixed", "poly", "cosine"), f"lr_schedule must be fixed, poly or cosine, got {self.lr_schedule!r}"),
-            (self.amp in ("none", "fp16", "bf16"), f"amp must be none, fp16 or bf16, got {self.amp!r}"),
-            (self.nan_policy in ("stop", "skip"), f"nan_policy must be stop or skip, got {self.nan_policy!r}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (0.0 <= self.loss_sampling_p < 1.0, f"loss_sampling_p must be in [0, 1), got {self.loss_sampling_p}"),
-            (self.crop_size is None or (isinstance(self.crop_size, list) and len(self.crop_size) == 2),
-             f"crop_size must be [h, w], got {self.crop_size!r}"),
-            (self.scale_range is None or (isinstance(self.scale_range, list) and len(self.scale_range) == 2),
-             f"scale_range must be [min, max], got {self.scale_range!r}"),
-            (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(f"{source}: {msg}")
+        """Re-check this config's values (after changing fields in code)."""
+        _, problems = check_options(self.to_dict())
+        if problems:
+            raise UserError(f"{source}: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------- validation
+# Each field's type comes from its annotation, its range from its metadata: ``min``/``max``
+# (inclusive), ``gt``/``lt`` (exclusive), ``choices``, ``pattern``, ``nonempty``, ``items``
+# (element type and count of a list), ``ordered`` (list ascending), ``expect`` (the wording of
+# what is expected), ``check`` (the name of a function for the odd field). One declaration drives --help, the checks and their messages.
+
+_KIND = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping",
+         list: "a list"}
+
+
+def _base(hint: Any) -> tuple[Any, bool]:
+    """``int | None`` -> ``(int, True)``; ``Any`` -> ``(Any, True)``."""
+    if hint is Any:
+        return Any, True
+    args = typing.get_args(hint)
+    if args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else Any), type(None) in args
+    return hint, False
+
+
+def _range_text(meta: dict[str, Any]) -> str:
+    lo = ("[", meta["min"]) if "min" in meta else ("(", meta["gt"]) if "gt" in meta else None
+    hi = ("]", meta["max"]) if "max" in meta else (")", meta["lt"]) if "lt" in meta else None
+    if lo and hi:
+        return f" in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
+    if lo:
+        return f" {'>=' if lo[0] == '[' else '>'} {lo[1]}"
+    if hi:
+        return f" {'<=' if hi[0] == ']' else '<'} {hi[1]}"
+    return ""
+
+
+def _expected(kind: Any, meta: dict[str, Any], optional: bool) -> str:
+    if "expect" in meta:
+        text = meta["expect"]
+    elif "choices" in meta:
+        text = "one of " + ", ".join(map(str, meta["choices"]))
+    elif "items" in meta:
+        etype, n = meta["items"]
+        text = f"a list of {n} {'integers' if etype is int else 'numbers'}{_range_text(meta)}"
+    else:
+        text = _KIND.get(kind, "a value") + _range_text(meta)
+    return text + (" or null" if optional else "")
+
+
+def _scalar(kind: Any, value: Any) -> tuple[Any, bool]:
+    """``value`` as ``kind`` (int, float, bool, str), and whether that worked. YAML 1.1 reads
+    ``1e-3`` as a string, so numeric strings are accepted for floats, nothing else is coerced
+    beyond int -> float and number -> str."""
+    if kind is bool:
+        return value, isinstance(value, bool)
+    if isinstance(value, bool):
+        return value, kind is Any
+    if kind is int:
+        return value, isinstance(value, int)
+    if kind is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                return value, False
+        if isinstance(value, int):
+            value = float(value)
+        return value, isinstance(value, float) and math.isfinite(value)
+    if kind is str:
+        if isinstance(value, (int, float)):
+            value = str(value)
+        return value, isinstance(value, str)
+    if kind in (dict, list):
+        if kind is list and isinstance(value, tuple):
+            value = list(value)
+        return value, isinstance(value, kind)
+    return value, True
+
+
+def _in_range(value: Any, meta: dict[str, Any]) -> bool:
+    return not (("min" in meta and value < meta["min"]) or ("max" in meta and value > meta["max"])
+                or ("gt" in meta and value <= meta["gt"]) or ("lt" in meta and value >= meta["lt"]))
+
+
+def _check_class_weights(value: Any) -> str | None:
+    if value in (None, "none", "median_freq", "sqrt_median_freq"):
+        return None
+    if isinstance(value, list) and value and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in value):
+        return None
+    return "expected none, median_freq, sqrt_median_freq or a list of numbers >= 0"
+
+
+def _check_one(name: str, hint: Any, meta: dict[str, Any], value: Any) -> tuple[Any, str | None]:
+    kind, optional = _base(hint)
+    if isinstance(value, str) and value.strip().lower() == "none" and optional:
+        value = None  # `--crop-size none`: YAML spells it null, users say none
+    if value is None:
+        return None, None if optional else f"{name}: expected {_expected(kind, meta, False)}, got null"
+    if "check" in meta:
+        problem = globals()[meta["check"]](value)
+        return value, f"{name}: {problem}, got {value!r}" if problem else None
+    bad = f"{name}: expected {_expected(kind, meta, optional)}, got {value!r}"
+    value, ok = _scalar(kind, value)
+    if not ok:
+        return value, bad
+    if "items" in meta:
+        etype, n = meta["items"]
+        items = [_scalar(etype, v) for v in value]
+        if len(value) != n or not all(ok and _in_range(v, meta) for v, ok in items):
+            return value, bad
+        value = [v for v, _ in items]
+        if meta.get("ordered") and value != sorted(value):
+            return value, f"{name}: expected [min, max] with min <= max, got {value!r}"
+        return value, None
+    if "choices" in meta and value not in meta["choices"]:
+        return value, bad
+    if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
+        return value, bad
+    if meta.get("nonempty") and not value.strip():
+        return value, f"{name}: expected a non-empty string"
+    if kind in (int, float) and not _in_range(value, meta):
+        return value, bad
+    return value, None
+
+
+def check_options(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``(values with their declared types, problems)``: every unknown option and every value of
+    the wrong type or out of its declared range, each naming its option and what it expects."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    problems = [f"unknown option {k!r} (see `fcnseg train --help`)" for k in data if k not in fields]
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in fields:
+            values[key], problem = _check_one(key, hints[key], dict(fields[key].metadata), value)
+            if problem:
+                problems.append(problem)
+    return values, problems
 
 
 def _type_of(f: dataclasses.Field) -> Any:
@@ -165,19 +299,4 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         data.update(loaded)
     for key, value in (overrides or {}).items():
         data[key] = _parse_value(value) if isinstance(value, str) else value
-    hints = typing.get_type_hints(TrainConfig)
-    for key, value in list(data.items()):
-        hint = hints.get(key)
-        optional = hint is Any or type(None) in typing.get_args(hint)
-        if isinstance(value, str) and value.strip().lower() == "none" and optional:
-            data[key] = value = None  # `--crop-size none`: YAML spells it null, users say none
-        if hint is str and value is not None and not isinstance(value, str):
-            data[key] = str(value)
-        if hint in (float, "float") and isinstance(value, int) and not isinstance(value, bool):
-            data[key] = float(value)
-        if hint is float and isinstance(value, str):
-            try:
-                data[key] = float(value)
-            except ValueError:
-                raise UserError(f"{source}: option {key} expects a number, got {value!r}") from None
     return TrainConfig.from_dict(data, source)

@@ -170,6 +170,17 @@ class Trainer:
                           worker_init_fn=_worker_ignore_signals,
                           generator=torch.Generator().manual_seed(self.cfg.seed))
 
+    def _recipe_warnings(self) -> list[str]:
+        """Options that are valid alone but odd for this run's length (said once, at start-up)."""
+        cfg, out = self.cfg, []
+        if cfg.warmup_iters > self.total_steps:
+            out.append(f"warning: warmup_iters {cfg.warmup_iters} is larger than the run's {self.total_steps} "
+                       f"steps; the learning rate never reaches lr {cfg.lr:g}")
+        if self.main:
+            for msg in out:
+                tqdm_write(msg)
+        return out
+
     def _build_model(self) -> None:
         from ..models import get_model
 
@@ -389,6 +400,7 @@ class Trainer:
         self.normalization = cfg.normalization or getattr(probe, "normalization", "imagenet")
         del probe
         self._build_data()
+        self._warnings = self._recipe_warnings()
         self.num_classes = cfg.num_classes or self.train_set.num_classes
         torch.manual_seed(cfg.seed)
         self._build_model()
@@ -421,6 +433,8 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(_yaml_dump(cfg.to_dict()))
             self.log({"type": "start" if self.resume_state is None else "resume", "step": self.step,
                       "world": self.world, "device": str(self.device), "steps_total": self.total_steps})
+            for msg in self._warnings:
+                self.log({"type": "warning", "step": self.step, "message": msg})
         from tqdm import tqdm
 
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.progress and self.main),
