@@ -2,7 +2,7 @@
 what was expected (exit 2), or with the work done (exit 0); nothing is lost or half-made."""
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import pytest
@@ -101,3 +101,99 @@ def test_warmup_longer_than_the_run_warns(tmp_path, data_root, capsys):
     err = capsys.readouterr().err
     assert "warmup_iters 50 is larger than the run's 2 steps" in err
     assert any(r["type"] == "warning" and "warmup_iters" in r["message"] for r in _rows(run))
+
+
+# ---------------------------------------------------------------------------- 4. run folders
+def test_run_dir_under_a_file_is_one_line(tmp_path, data_root, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", str(_config(data_root, tmp_path / "r")), "--run-dir", str(blocker / "run")]) == 2
+    line = _one_line_error(capsys)
+    assert "--run-dir" in line and "is a file" in line
+    assert main(["train", str(_config(data_root, tmp_path / "r")), "--run-dir", str(blocker)]) == 2
+    assert "is a file; expected a folder" in _one_line_error(capsys)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_run_dir_in_a_read_only_folder_is_one_line(tmp_path, data_root, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert main(["train", str(_config(data_root, tmp_path / "r")), "--run-dir", str(ro / "run")]) == 2
+        assert "not writable" in _one_line_error(capsys)
+    finally:
+        ro.chmod(0o755)
+
+
+def test_read_only_file_system_is_named(tmp_path, monkeypatch):
+    from fcnseg import outpaths
+
+    class RO:
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr(outpaths.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(outpaths.os, "statvfs", lambda p: RO())
+    with pytest.raises(UserError, match="--run-dir .*read-only file system"):
+        outpaths.check_output_dir(tmp_path / "run", "--run-dir")
+    with pytest.raises(UserError, match="--json .*read-only file system"):
+        outpaths.check_output_file(tmp_path / "x.json", "--json")
+
+
+def test_existing_run_is_refused_then_overwritten_on_request(tmp_path, data_root, capsys):
+    run = tmp_path / "run"
+    cfg = _config(data_root, run, epochs=1, max_iters=1)
+    assert main(["train", str(cfg)]) == 0
+    before = (run / "last.pt").read_bytes()
+    n_rows = len(_rows(run))
+    # the validation improved on -1, so a best model was written: same mode as the other outputs
+    assert (run / "best.safetensors").stat().st_mode & 0o777 == (run / "config.yaml").stat().st_mode & 0o777
+    assert (run / "best.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    capsys.readouterr()
+    assert main(["train", str(cfg)]) == 2
+    line = _one_line_error(capsys)
+    assert "already holds" in line and f"--resume {run}" in line and "--overwrite" in line
+    assert (run / "last.pt").read_bytes() == before and len(_rows(run)) == n_rows  # untouched
+    assert main(["train", str(cfg), "--resume", str(run), "--overwrite"]) == 2
+    assert "alternatives" in _one_line_error(capsys)
+    (run / "keep.txt").write_text("mine")
+    assert main(["train", str(cfg), "--overwrite", "--val-split", "null"]) == 0
+    assert [r["type"] for r in _rows(run)].count("start") == 1  # a fresh log, not appended to
+    assert not (run / "best.safetensors").exists() and (run / "keep.txt").read_text() == "mine"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/fcnseg-faults-pwned",))
+
+
+def test_backbone_weights_unsafe_or_damaged_is_one_line(tmp_path, data_root, capsys):
+    import torch
+
+    marker = Path("/tmp/fcnseg-faults-pwned")
+    marker.unlink(missing_ok=True)
+    evil = tmp_path / "evil.pth"
+    torch.save({"features.0.weight": _Evil()}, evil)
+    good = tmp_path / "good.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, good)
+    trunc = tmp_path / "trunc.pth"
+    trunc.write_bytes(good.read_bytes()[:100])
+    listed = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], listed)
+    cfg = str(_config(data_root, tmp_path / "r", model="fcn32s_vgg16"))
+    assert main(["train", cfg, "--backbone-weights", str(evil)]) == 2
+    line = _one_line_error(capsys)
+    assert "refused: not a weights-only file" in line and "corrupt" not in line and "weights_only=False" not in line
+    assert not marker.exists()
+    assert main(["train", cfg, "--backbone-weights", str(trunc)]) == 2
+    line = _one_line_error(capsys)
+    assert str(trunc) in line and "corrupt or truncated backbone weights file" in line
+    assert main(["train", cfg, "--backbone-weights", str(listed)]) == 2
+    assert "not a state dict of tensors" in _one_line_error(capsys)
+    assert not (tmp_path / "r").exists()

@@ -35,6 +35,9 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path, meta: di
     save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
+    from .outpaths import default_file_mode
+
+    os.chmod(tmp, default_file_mode())  # safetensors creates 0600; outputs are readable like the others
     os.replace(tmp, path)
     return path
 

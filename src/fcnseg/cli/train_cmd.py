@@ -19,6 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--config", dest="config_opt", default=None, help="same as the positional CONFIG")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint (config from the checkpoint)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a --run-dir that already holds one, removing that run's "
+                        "checkpoints, config, log and TensorBoard files (without it such a folder is refused)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     add_config_arguments(p)
     return p
@@ -32,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names}
     if args.resume:
+        if args.overwrite:
+            from ..errors import UserError
+
+            raise UserError("--overwrite and --resume are alternatives: --resume continues the run, "
+                            "--overwrite starts a new one in its place")
         from ..training.config import _parse_value
         from ..training.engine import resume
 
@@ -42,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         if args.print_config:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
-        summary = train(cfg)
+        summary = train(cfg, overwrite=args.overwrite)
     print(json.dumps(summary))
     if summary["status"] == "interrupted":
         return 128 + int(summary["signal"] or 2)

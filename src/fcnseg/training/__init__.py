@@ -5,8 +5,11 @@ from .config import TrainConfig, load_config
 __all__ = ["TrainConfig", "load_config", "load_checkpoint", "save_checkpoint", "train"]
 
 
-def train(config: "TrainConfig") -> dict:
-    """Run training with ``config``; returns the final summary (best mean IU, paths)."""
+def train(config: "TrainConfig", overwrite: bool = False) -> dict:
+    """Run training with ``config``; returns the final summary (best mean IU, paths).
+
+    A ``run_dir`` that already holds a run is refused unless ``overwrite`` (which replaces
+    that run's files); continue a run with :func:`fcnseg.training.engine.resume` instead."""
     from .engine import Trainer
 
-    return Trainer(config).fit()
+    return Trainer(config, overwrite=overwrite).fit()

@@ -62,15 +62,33 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def load_weights_only(path: str | Path, what: str = "checkpoint",
+                      map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with its failures as one line: a pickle that
+    names Python objects beyond tensors and plain containers (it could run code when loaded
+    unsafely) is *refused*; a damaged file is *corrupt or truncated*."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):
+            detail = next((line.strip() for line in str(exc).splitlines()
+                           if "GLOBAL" in line or "Unsupported" in line), "")
+            raise UserError(f"{path}: refused: not a weights-only file ({detail or 'it holds Python objects'}; "
+                            "loading it could run code, so fcnseg does not)") from None
+        raise UserError(f"{path}: corrupt or truncated {what} ({_first_line(exc)})") from None
+    except Exception as exc:
+        raise UserError(f"{path}: corrupt or truncated {what} ({_first_line(exc)})") from None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and verify a checkpoint written by :func:`save_checkpoint`."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
-    try:
-        wrapper = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path}: corrupt or truncated checkpoint ({_first_line(exc)})") from None
+    wrapper = load_weights_only(path, "checkpoint")
     if not isinstance(wrapper, dict) or wrapper.get("format") != FORMAT:
         raise UserError(f"{path}: not an fcnseg training checkpoint (expected format {FORMAT})")
     payload_t = wrapper.get("payload")

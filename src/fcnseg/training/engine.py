@@ -26,9 +26,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import UserError
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..outpaths import os_error_line
+from .checkpoint import load_checkpoint, load_weights_only, save_checkpoint
 from .config import TrainConfig
 from .distributed import ResumableSampler, barrier, init_distributed, is_main
+from .rundir import check_run_dir, clear_run_dir
 from .losses import segmentation_loss
 from .schedule import lr_lambda
 
@@ -101,9 +103,11 @@ MIN_BN_VALUES = 16
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume_state: dict[str, Any] | None = None) -> None:
+    def __init__(self, config: TrainConfig, resume_state: dict[str, Any] | None = None,
+                 overwrite: bool = False) -> None:
         self.cfg = config
         self.resume_state = resume_state
+        self.overwrite = overwrite
         self.run_dir = Path(config.run_dir)
 
     # ------------------------------------------------------------------ set-up
@@ -181,6 +185,25 @@ class Trainer:
                 tqdm_write(msg)
         return out
 
+    def _backbone_state(self) -> tuple[Path, dict[str, torch.Tensor]]:
+        """``--backbone-weights`` as fcnseg trunk tensors (``backbone.*``)."""
+        from .. import surgery
+
+        cfg = self.cfg
+        path = Path(cfg.backbone_weights)
+        if path.suffix == ".safetensors":  # already converted by `fcnseg convert` (fcnseg names)
+            state = _read_state(str(path))
+            return path, {k: v for k, v in state.items() if k.startswith("backbone.")}
+        # a torchvision-format ImageNet classifier: convolutionalize fc6/fc7
+        if not path.is_file():
+            raise UserError(f"{path}: backbone weights file not found")
+        raw = load_weights_only(path, "backbone weights file")
+        if not isinstance(raw, dict) or not all(torch.is_tensor(v) for v in raw.values()):
+            raise UserError(f"{path}: not a state dict of tensors (expected an ImageNet classifier's "
+                            "state_dict saved with torch.save)")
+        arch = "alexnet" if "alexnet" in cfg.model else "vgg16"
+        return path, surgery.convolutionalize(raw, arch)
+
     def _build_model(self) -> None:
         from ..models import get_model
 
@@ -188,20 +211,13 @@ class Trainer:
         options = dict(cfg.model_options)
         if cfg.pretrained_backbone:
             options["pretrained_backbone"] = True
+        # The weights files are read (and refused if bad) before the net is built: a big trunk takes time.
+        trunk = self._backbone_state() if cfg.backbone_weights and self.resume_state is None else None
         model = get_model(cfg.model, self.num_classes, **options)
-        if cfg.backbone_weights and self.resume_state is None:
+        if trunk is not None:
             from .. import surgery
 
-            path = Path(cfg.backbone_weights)
-            if path.suffix == ".safetensors":  # already converted by `fcnseg convert` (fcnseg names)
-                state = _read_state(str(path))
-                state = {k: v for k, v in state.items() if k.startswith("backbone.")}
-            else:  # a torchvision-format ImageNet classifier: convolutionalize fc6/fc7
-                if not path.is_file():
-                    raise UserError(f"{path}: backbone weights file not found")
-                raw = torch.load(path, map_location="cpu", weights_only=True)
-                arch = "alexnet" if "alexnet" in cfg.model else "vgg16"
-                state = surgery.convolutionalize(raw, arch)
+            path, state = trunk
             report = surgery.transplant(state, model)
             if self.main:
                 tqdm_write(f"backbone weights from {path}: {len(report.copied)} tensors copied, "
@@ -388,6 +404,8 @@ class Trainer:
     def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         self._setup_device()
+        check_run_dir(self.run_dir, resume=self.resume_state is not None, overwrite=self.overwrite)
+        barrier()  # every process has looked before the main one clears anything
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
@@ -421,8 +439,17 @@ class Trainer:
             start_epoch, start_micro, self.step = pos["epoch"], pos["micro_in_epoch"], pos["step"]
             self.last_saved_step = self.step
             self.best_miou, self.best_step = st["best"]["mean_iou"], st["best"]["step"]
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.tb = None
+        if self.main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                if self.overwrite and self.resume_state is None:
+                    removed = clear_run_dir(self.run_dir)
+                    if removed:
+                        tqdm_write(f"--overwrite: removed the earlier run's {', '.join(removed)} from {self.run_dir}")
+            except OSError as exc:
+                raise os_error_line(exc, self.run_dir, "--run-dir") from None
+        barrier()
         if cfg.tensorboard and self.main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
