@@ -7,6 +7,7 @@ import pytest
 
 from fcnseg.runtime.bench import BenchConfig, format_report, measure_gemm_rate, parse_size, run_bench
 from fcnseg.cli.main import main
+from fcnseg.errors import UserError
 
 TINY = ["--size", "32x48", "--warmup", "1", "--repeats", "2", "--gemm-size", "128", "--num-classes", "3", "-q",
         "--threads", "1"]
@@ -77,6 +78,9 @@ def test_bench_frozen_alexnet_without_optimisations(capsys):
     (["--model", "fcn8s_lite0", "--dtype", "fp16"], "fp16"),
     (["--model", "fcn8s_lite0", "--compile", "--freeze"], "alternatives"),
     (["--model", "fcn8s_lite0", "--repeats", "0"], "repeats"),
+    (["--model", "fcn8s_lite0", "--gemm-size", "0"], "--gemm-size must be >= 1, got 0"),
+    (["--model", "fcn8s_lite0", "--size", "100000x100000"], "GiB (estimate), but only"),
+    (["--model", "fcn8s_lite0", "--json", "/dev/null/x.json"], "--json /dev/null/x.json"),
 ])
 def test_bench_bad_input_exits_2(capsys, argv, needle):
     rc = main(["bench", *argv, "-q"])
@@ -90,4 +94,8 @@ def test_parse_size_and_gemm_rate():
     import torch
 
     g = measure_gemm_rate(torch.device("cpu"), 64, repeats=2)
+    with pytest.raises(UserError, match="--gemm-size must be >= 1"):
+        measure_gemm_rate(torch.device("cpu"), 0)
+    with pytest.raises(UserError, match="--trace-size 'x'"):
+        parse_size("x", "--trace-size")
     assert g["n"] == 64 and g["best_gflops"] >= g["median_gflops"] > 0

@@ -223,3 +223,35 @@ def test_bad_input_exit_codes(small_camvid, tmp_path, capsys):
     assert "predicts 21 classes but the data set has 11" in capsys.readouterr().err
     assert main(base + ["--root", str(small_camvid), "--confusion", str(tmp_path / "cm.txt")]) == 2
     assert "--confusion must end in" in capsys.readouterr().err
+
+
+def test_eval_outputs_checked_first_and_scores_never_lost(small_camvid, tmp_path, capsys, monkeypatch):
+    import errno
+
+    base = ["eval", "--model", "fcn32s_lite0", "--dataset", "camvid", "--root", str(small_camvid),
+            "--device", "cpu", "--limit", "1"]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(base + ["--json", str(blocker / "s.json")]) == 2
+    captured = capsys.readouterr()
+    assert "--json" in captured.err and "is a file" in captured.err and "Traceback" not in captured.err
+    assert "pixel acc" not in captured.out  # refused before the evaluation
+    # a write that fails at the end (disk full): the scores are printed, then one line, exit 2
+    target = tmp_path / "full" / "s.json"
+    real = Path.write_text
+
+    def full_disk(self, *a, **k):
+        if self == target:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    assert main(base + ["--json", str(target)]) == 2
+    captured = capsys.readouterr()
+    assert "pixel acc" in captured.out and "mean IoU" in captured.out
+    err = [ln for ln in captured.err.splitlines() if ln.strip() and "untrained architecture" not in ln]
+    assert len(err) == 1 and "No space left on device" in err[0] and "scores are printed above" in err[0]
+    # without --quiet, the bar stays quiet when stderr is not a terminal (as in predict)
+    monkeypatch.undo()
+    assert main(base) == 0
+    assert "img/s" not in capsys.readouterr().err

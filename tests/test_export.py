@@ -3,6 +3,7 @@ and match PyTorch within 1e-4 relative; metadata travels; the CLI and its bad-in
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -141,7 +142,9 @@ def test_cli_export_torchscript(tmp_path):
     (["--model", "no_such_model"], "unknown model"),
     (["--model", "fcn8s_lite0", "--opset", "13"], "opset must be >= 17"),
     (["--model", "x.onnx"], "cannot be re-exported"),
-    (["--model", "fcn8s_lite0", "--trace-size", "axb"], "expected HxW"),
+    (["--model", "fcn8s_lite0", "--trace-size", "axb"], "--trace-size 'axb': expected HxW"),
+    (["--model", "fcn8s_lite0", "--trace-size", "0x5"], "--trace-size '0x5'"),
+    (["--model", "fcn8s_lite0", "--trace-size", "100000x100000"], "--trace-size 100000x100000: a forward pass"),
     (["--model", "missing.safetensors"], "no such model file"),
 ])
 def test_cli_export_bad_input_exits_2(tmp_path, capsys, argv, needle):
@@ -149,6 +152,25 @@ def test_cli_export_bad_input_exits_2(tmp_path, capsys, argv, needle):
     assert rc == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_cli_export_out_unwritable_is_one_line(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out in (blocker / "m.onnx", blocker / "sub" / "m.onnx", tmp_path):
+        assert main(["export", "--model", "fcn32s_lite0", "--num-classes", "2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--out" in err and "Traceback" not in err
+    # a read-only file system (simulated: tests run as root, who may write anywhere else)
+    from fcnseg import outpaths
+
+    class RO:
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr(outpaths.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(outpaths.os, "statvfs", lambda p: RO())
+    assert main(["export", "--model", "fcn32s_lite0", "--out", str(tmp_path / "ro" / "m.onnx")]) == 2
+    assert "read-only file system" in capsys.readouterr().err
 
 
 def test_cli_export_unknown_format_is_rejected(tmp_path):

@@ -62,15 +62,25 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.compile and args.freeze:
         raise UserError("--compile and --freeze are alternatives; choose one")
-    if args.json is not None and args.json.exists() and args.json.is_dir():
-        raise UserError(f"{args.json}: is a folder; expected a .json file name")
+    if args.json is not None:
+        from ..outpaths import check_output_file
+
+        check_output_file(args.json, "--json")
     cfg = BenchConfig(model=args.model, size=parse_size(args.size), batch=args.batch, device=args.device,
                       dtype=args.dtype, backend=args.backend, channels_last=args.channels_last,
                       optimize=args.optimize, freeze=args.freeze, compile=args.compile, baseline=args.baseline,
                       end_to_end=args.end_to_end, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
                       num_classes=args.num_classes, gemm_size=args.gemm_size)
     progress = None if args.quiet else (lambda msg: print(f"fcnseg bench: {msg} ...", file=sys.stderr, flush=True))
-    result = run_bench(cfg, progress=progress)
+    from ..runtime.memory import is_out_of_memory
+
+    try:
+        result = run_bench(cfg, progress=progress)
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise UserError(f"--size {args.size} / --batch {args.batch}: out of memory while benchmarking "
+                        "(the estimate made before it fitted, tightly); use a smaller size") from None
     print(format_report(result))
     if args.json is not None:
         try:

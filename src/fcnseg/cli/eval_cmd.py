@@ -73,12 +73,9 @@ def _check_output(path: str | None, what: str, suffixes: tuple[str, ...] | None 
     p = Path(path).expanduser()
     if suffixes and p.suffix.lower() not in suffixes:
         raise UserError(f"{p}: {what} must end in {', '.join(suffixes)}")
-    if p.is_dir():
-        raise UserError(f"{p}: is a folder; expected a file path for {what}")
-    parent = p.parent
-    if parent.exists() and not parent.is_dir():
-        raise UserError(f"{parent}: not a folder (parent of {what} {p})")
-    return p
+    from ..outpaths import check_output_file
+
+    return check_output_file(p, what)  # a folder, under a file, not writable, read-only file system
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     norm = args.normalization or segmenter.normalization
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # DataLoader chatter; real problems are UserErrors
-        result = evaluate(model, dataset, device=device, normalization=norm, progress=not args.quiet,
+        result = evaluate(model, dataset, device=device, normalization=norm,
+                          progress=not args.quiet and sys.stderr.isatty(),
                           batch_size=args.batch_size, num_workers=args.workers, skip_bad=args.skip_bad,
                           amp=args.amp, limit=args.limit, tta=tta)
     total = result.num_images + len(result.skipped)
@@ -131,16 +129,28 @@ def run(args: argparse.Namespace) -> int:
 
     title = (f"{args.model} on {dataset_name} {args.split}: {result.num_images} images, "
              f"{result.seconds:.1f} s ({device}, {norm} normalisation)")
-    # files first: a closed stdout (`fcnseg eval ... | head`) must not lose the results
+    # files first: a closed stdout (`fcnseg eval ... | head`) must not lose the results; and a file
+    # that fails to write (disk full, folder gone) is reported after the scores are printed
+    failed: list[UserError] = []
     if json_path is not None:
         data = result.to_dict()
         data.update({"model": args.model, "architecture": segmenter.model, "dataset": dataset_name,
                      "root": str(args.root), "split": args.split, "normalization": norm, "flip": tta.flip,
                      "tta": str(tta)})
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(_nan_to_none(data), indent=2) + "\n")
+        try:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(_nan_to_none(data), indent=2) + "\n")
+        except OSError as exc:
+            from ..outpaths import os_error_line
+
+            failed.append(os_error_line(exc, json_path, "--json"))
+            json_path = None
     if fig_path is not None:
-        save_confusion_figure(result.confusion.numpy(), result.class_names, fig_path, title=title)
+        try:
+            save_confusion_figure(result.confusion.numpy(), result.class_names, fig_path, title=title)
+        except (UserError, OSError) as exc:
+            failed.append(exc if isinstance(exc, UserError) else UserError(f"{fig_path}: cannot write ({exc})"))
+            fig_path = None
     print(format_table(result.confusion.compute(), result.class_names, title))
     for head, (cm, names) in result.heads.items():
         print()
@@ -151,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
     for written in (json_path, fig_path):
         if written is not None:
             print(f"wrote {written}")
+    if failed:
+        sys.stdout.flush()
+        raise UserError(f"{failed[0]} (the scores are printed above)")
     return 0
 
 
@@ -212,8 +225,8 @@ def save_confusion_figure(mat: Any, class_names: list[str], path: Path, title: s
         ax.set_title(title, fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the ground-truth row")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=150)
     except OSError as exc:
         raise UserError(f"{path}: cannot write the figure ({exc})") from None

@@ -38,26 +38,30 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num-classes must be >= 1, got {args.num_classes}")
-    out: Path = args.out.expanduser()
-    if out.is_dir():
-        raise UserError(f"{out}: is a folder; expected an output file name")
-    if not out.parent.exists():
-        try:
-            out.parent.mkdir(parents=True)
-        except OSError as exc:
-            raise UserError(f"{out.parent}: cannot create output folder ({exc.strerror or exc})") from None
-    size = parse_size(args.trace_size)
+    from ..outpaths import check_output_file, os_error_line
+
+    out: Path = check_output_file(args.out, "--out")  # a folder, under a file, read-only: before the work
+    size = parse_size(args.trace_size, "--trace-size")
     from ..inference import UntrainedModelWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedModelWarning)  # said below, in one line
         model, meta = resolve_model(args.model, args.num_classes)
+    from ..runtime.memory import check_fits, is_out_of_memory
+
+    check_fits(model, (1, 3, *size), "cpu", "--trace-size")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         result = export_model(model, out, args.format, meta=meta, opset=args.opset, example_size=size,
                               check_sizes=None if args.no_check else DEFAULT_CHECK_SIZES,
                               tolerance=args.tolerance)
-    except PermissionError:
-        raise UserError(f"{out}: cannot write (permission denied)") from None
+    except OSError as exc:
+        raise os_error_line(exc, out, "--out") from None
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise UserError(f"--trace-size {args.trace_size}: out of memory while exporting; use a smaller "
+                        "size (the result takes any size)") from None
     print(f"wrote {result.path} ({result.size_bytes / 2 ** 20:.1f} MB, {result.format}) in {result.seconds:.1f} s")
     for note in result.notes:
         print(f"  {note}")

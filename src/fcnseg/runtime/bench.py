@@ -77,17 +77,17 @@ class Timing:
 
 
 # --------------------------------------------------------------------------- small helpers
-def parse_size(text: str) -> tuple[int, int]:
-    """``"500x500"`` / ``"360x480"`` (height x width) or ``"64"`` -> ``(H, W)``."""
+def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
+    """``"500x500"`` / ``"360x480"`` (height x width) or ``"64"`` -> ``(H, W)``; errors name ``option``."""
     parts = str(text).lower().replace("*", "x").split("x")
     try:
         nums = [int(p) for p in parts]
     except ValueError:
-        raise UserError(f"--size {text!r}: expected HxW, e.g. 500x500 or 360x480") from None
+        raise UserError(f"{option} {text!r}: expected HxW, e.g. 500x500 or 360x480") from None
     if len(nums) == 1:
         nums = nums * 2
     if len(nums) != 2 or min(nums) < 1:
-        raise UserError(f"--size {text!r}: expected HxW with positive integers, e.g. 360x480")
+        raise UserError(f"{option} {text!r}: expected HxW with positive integers, e.g. 360x480")
     return nums[0], nums[1]
 
 
@@ -115,7 +115,9 @@ def measure_gemm_rate(device: torch.device, size: int | None = None, repeats: in
     TF32 is switched off on CUDA so that the figure is a true fp32 rate. Returns the
     median and best rate over ``repeats`` after one warm-up.
     """
-    n = size or (8192 if device.type == "cuda" else 2048)
+    n = size if size is not None else (8192 if device.type == "cuda" else 2048)
+    if n < 1:
+        raise UserError(f"--gemm-size must be >= 1, got {n}")
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     sync = _sync(device)
@@ -235,6 +237,8 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
         raise UserError(f"unknown --backend {cfg.backend!r}; expected torch or onnxruntime")
     if cfg.end_to_end and cfg.batch != 1:
         raise UserError("--end-to-end times one decoded image at a time; use --batch 1")
+    if cfg.gemm_size is not None and cfg.gemm_size < 1:
+        raise UserError(f"--gemm-size must be >= 1, got {cfg.gemm_size}")
     from .backends import resolve_device
 
     device = resolve_device(cfg.device)
@@ -251,6 +255,9 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     in_ch = input_channels(model)
     if cfg.end_to_end and in_ch != 3:
         raise UserError(f"--end-to-end needs an RGB model; {cfg.model} takes {in_ch} input channels")
+    from .memory import check_fits
+
+    check_fits(model, (cfg.batch, in_ch, height, width), device, "--size")  # before any allocation
     flops = count_flops(model, (1, in_ch, height, width))
     params = count_params(model)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -376,7 +376,7 @@ class Trainer:
 
         assert self.val_set is not None
         was_training = self.model.training
-        result = evaluate(self.model, self.val_set, device=self.device, progress=False,
+        result = evaluate(self.model, self.val_set, device=self.device, progress=self.cfg.progress and self.main,
                           flip=self.cfg.val_flip, amp=self.cfg.amp != "none")
         if was_training:
             self._train_mode()
