@@ -197,3 +197,110 @@ def test_backbone_weights_unsafe_or_damaged_is_one_line(tmp_path, data_root, cap
     assert main(["train", cfg, "--backbone-weights", str(listed)]) == 2
     assert "not a state dict of tensors" in _one_line_error(capsys)
     assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------- 6. crafted and odd files
+def _image(path: Path, size=(40, 56), seed: int = 0) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    from test_inference import random_fcn
+
+    from fcnseg.weights import save_weights
+
+    net = random_fcn(3, seed=1)  # predictions that vary over an image
+    return save_weights(net.state_dict(), tmp_path_factory.mktemp("w") / "m.safetensors",
+                        {"model": "fcn8s_lite0", "num_classes": 3, "class_names": ["a", "b", "c"],
+                         "normalization": "imagenet", "dataset": "camvid"})
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ("{not json", "metadata is not valid JSON"),
+    ("[1,2]", "metadata is list JSON; expected an object"),
+    ('"text"', "metadata is str JSON; expected an object"),
+    ('{"model": "fcn8s_lite0", "num_classes": 3, "normalization": {"a": 1}}', "normalization in its metadata"),
+    ('{"model": "fcn8s_lite0", "num_classes": 3, "class_names": 5}', "class_names in its metadata"),
+    ('{"model": "fcn8s_lite0", "num_classes": 3, "options": [1]}', "options in its metadata"),
+])
+def test_crafted_safetensors_metadata_is_one_line(tmp_path, weights, capsys, raw, needle):
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(weights)), str(bad), metadata={"fcnseg": raw})
+    img = _image(tmp_path / "in" / "a.png")
+    for argv in (["predict", "--model", str(bad), str(img), "-o", str(tmp_path / "out")],
+                 ["eval", "--model", str(bad), "--root", str(tmp_path)],
+                 ["export", "--model", str(bad), "-o", str(tmp_path / "m.onnx")],
+                 # --init-from reads only the tensors, but the file's metadata must still parse
+                 ["train", "--init-from", str(bad), "--run-dir", str(tmp_path / "run")][:5 if "JSON" in needle else 0]):
+        if not argv:
+            continue
+        assert main(argv) == 2, argv
+        line = _one_line_error(capsys)
+        assert str(bad) in line and needle in line, (argv, line)
+    assert not (tmp_path / "run").exists()
+
+
+def test_torchscript_pt_from_export_is_predicted_with_its_metadata(tmp_path, weights, capsys):
+    import numpy as np
+    from PIL import Image
+
+    ts = tmp_path / "m.pt"
+    assert main(["export", "-m", str(weights), "-f", "torchscript", "-o", str(ts), "--no-check"]) == 0
+    img = _image(tmp_path / "in" / "a.png", size=(90, 122))
+    assert main(["predict", "--model", str(ts), str(img), "-o", str(tmp_path / "ts")]) == 0
+    assert main(["predict", "--model", str(weights), str(img), "-o", str(tmp_path / "ref")]) == 0
+    got = np.array(Image.open(tmp_path / "ts" / "a.png"))
+    ref = np.array(Image.open(tmp_path / "ref" / "a.png"))
+    assert got.shape == (90, 122) and len(np.unique(ref)) > 1 and (got == ref).mean() > 0.99
+    capsys.readouterr()
+    # where a training checkpoint is needed, the archive is named for what it is
+    assert main(["train", "--init-from", str(ts), "--run-dir", str(tmp_path / "run")]) == 2
+    line = _one_line_error(capsys)
+    assert "a TorchScript archive" in line and "fcnseg predict --model" in line
+
+
+def test_recursive_glob_does_not_follow_a_symlink_loop(tmp_path, weights, capsys):
+    root = tmp_path / "photos"
+    _image(root / "a.png")
+    _image(root / "sub" / "b.png", seed=1)
+    (root / "sub" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "sub" / "loop2").symlink_to(root / "sub", target_is_directory=True)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(weights), f"{root}/**/*.png", "-o", str(out), "-q"]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["a.png", "sub/b.png"]
+
+
+def test_looping_file_named_directly_is_one_failed_input(tmp_path, weights, capsys):
+    good = _image(tmp_path / "good.png")
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(tmp_path / "loop2.png")
+    (tmp_path / "loop2.png").symlink_to(loop)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(weights), str(loop), str(good), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "loop.png" in err and "symbolic links" in err
+    assert (out / "good.png").is_file()
+
+
+def test_camvid_out_of_range_label_names_camvids_void_value(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from fcnseg.data import get_dataset
+
+    root = _write_camvid(tmp_path / "camvid", n_train=1, n_val=0)
+    lab = root / "trainannot" / "000.png"
+    arr = np.array(Image.open(lab))
+    arr[0, 1] = 12
+    Image.fromarray(arr).save(lab)
+    with pytest.raises(UserError, match=r"label value 12 out of range; expected 0\.\.10 or 11 \(camvid's void"):
+        get_dataset("camvid", root, "train").load_raw(0)

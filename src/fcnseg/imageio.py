@@ -28,6 +28,7 @@ from __future__ import annotations
 import glob as globlib
 import io
 import os
+import re
 from pathlib import Path, PurePath
 from typing import Iterable, Sequence
 
@@ -312,7 +313,8 @@ def collect_image_jobs(inputs: Iterable[str | Path]) -> list[tuple[Path, PurePat
     for item in inputs:
         s = str(item)
         p = Path(s).expanduser()
-        if p.is_file():
+        if p.is_file() or (p.is_symlink() and not p.exists()):
+            # a dangling or looping link named directly fails when read, as one failed input
             jobs.append((p, PurePath(p.stem)))
         elif p.is_dir():
             found = sorted(q for q in p.rglob("*") if _is_image_name(q) and q.is_file()
@@ -322,7 +324,7 @@ def collect_image_jobs(inputs: Iterable[str | Path]) -> list[tuple[Path, PurePat
                                 f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
             jobs += [(q, q.relative_to(p).with_suffix("")) for q in found]
         elif _has_glob(s):
-            matches = sorted(Path(m) for m in globlib.glob(os.path.expanduser(s), recursive=True))
+            matches = sorted(_glob(os.path.expanduser(s)))
             found = [m for m in matches if m.is_file() and _is_image_name(m)]
             if not found:
                 raise UserError(f"{s}: pattern matches no image files")
@@ -340,6 +342,68 @@ def collect_image_jobs(inputs: Iterable[str | Path]) -> list[tuple[Path, PurePat
     return _dedupe(jobs)
 
 
+def _glob(pattern: str) -> list[Path]:
+    """``glob.glob(pattern, recursive=True)`` without its flaw: ``**`` follows directory
+    symlinks, so a link to an ancestor loops until the path is ~40 folders deep (and two such
+    links make it exponential). Here ``**`` walks each real folder once (symlinked folders
+    are followed, but never into a folder already visited); hidden names are skipped, as
+    ``glob`` does."""
+    if "**" not in pattern:
+        return [Path(m) for m in globlib.glob(pattern, recursive=True)]
+    parts = PurePath(pattern).parts
+    n_fixed = 0
+    while n_fixed < len(parts) - 1 and not _has_glob(parts[n_fixed]):
+        n_fixed += 1
+    base = Path(*parts[:n_fixed]) if n_fixed else Path(".")
+    regex = re.compile(_glob_regex(parts[n_fixed:]))
+    out: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(base, followlinks=True):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # a symlink back into the walk: do not loop
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = PurePath(os.path.relpath(folder, base))
+        for name in files + dirs:
+            if not name.startswith(".") and regex.fullmatch((rel / name).as_posix()):
+                out.append(Path(folder) / name)
+    return out
+
+
+def _glob_regex(parts: Sequence[str]) -> str:
+    """A regex for a relative glob given as path parts: ``**`` = any folders (or none),
+    ``*``/``?``/``[...]`` within one name."""
+    out = ""
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            out += ".*" if last else "(?:[^/]+/)*"
+            continue
+        j = 0
+        while j < len(part):
+            c = part[j]
+            if c == "*":
+                out += "[^/]*"
+            elif c == "?":
+                out += "[^/]"
+            elif c == "[" and "]" in part[j + 2:]:
+                end = part.index("]", j + 2)
+                body = part[j + 1:end]
+                out += "[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]"
+                j = end
+            else:
+                out += re.escape(c)
+            j += 1
+        out += "" if last else "/"
+    return out
+
+
 def _glob_base(pattern: str) -> Path:
     parts = PurePath(pattern).parts
     fixed = []
@@ -354,7 +418,7 @@ def _dedupe(jobs: list[tuple[Path, PurePath]]) -> list[tuple[Path, PurePath]]:
     seen: set[Path] = set()
     unique = []
     for path, stem in jobs:
-        key = path.resolve()
+        key = Path(os.path.realpath(path))  # resolve() raises on a symlink loop; that input fails later
         if key not in seen:
             seen.add(key)
             unique.append((path, stem))

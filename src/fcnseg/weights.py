@@ -53,7 +53,16 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: no such weights file") from None
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise UserError(f"{path}: not a readable safetensors weights file ({exc})") from None
-    return json.loads(meta[META_KEY]) if META_KEY in meta else {}
+    if META_KEY not in meta:
+        return {}
+    try:
+        parsed = json.loads(meta[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: its '{META_KEY}' metadata is not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(parsed, dict):
+        raise UserError(f"{path}: its '{META_KEY}' metadata is {type(parsed).__name__} JSON; expected an object "
+                        "({\"model\": ..., \"num_classes\": ...})")
+    return parsed
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -99,6 +99,9 @@ class SegmentationDataset(Dataset):
     label_keys: tuple[str, ...] = ("label",)
     #: the Caffe BGR mean the reference nets of this data set were trained with (None: VOC's)
     mean_bgr: tuple[float, float, float] | None = None
+    #: the value this data set's label files use for "not labelled" (read as ``ignore_index``);
+    #: error messages name it, since that is the value a user sees in the files
+    void_value: int = IGNORE_INDEX
 
     def __init__(self, root: str | Path, split: str, transform: Transform | None = None,
                  skip_bad: bool = False) -> None:
@@ -158,7 +161,7 @@ class SegmentationDataset(Dataset):
             if bad.any():
                 v = int(lab[bad].flat[0])
                 raise UserError(f"{self._key_path(sample, key)}: label value {v} out of range; expected "
-                                f"0..{k - 1} or {self.ignore_index} (ignore)")
+                                f"0..{k - 1} or {self.void_value} ({self.name}'s void/ignore value)")
 
     def num_classes_of(self, key: str) -> int:
         """Class count of label modality ``key`` (SIFT Flow's geometric labels have their own)."""

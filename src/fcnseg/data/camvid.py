@@ -41,6 +41,7 @@ class CamVid(SegmentationDataset):
     """CamVid (SegNet split): 367 train / 101 val / 233 test images at 360 x 480."""
 
     name = "camvid"
+    void_value = VOID
 
     def __init__(self, root: str | Path, split: str = "train", transform: Transform | None = None,
                  skip_bad: bool = False) -> None:

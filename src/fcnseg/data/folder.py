@@ -190,6 +190,7 @@ class FolderDataset(SegmentationDataset):
                 raise UserError(f"{root}: no classes file (expected {' or '.join(CLASS_FILES)}, or pass classes=)")
             self.table = ClassTable.load(path)
         self.class_names = list(self.table.names)
+        self.void_value = self.table.ignore_index
         self.palette = self.table.colors if self.table.colors is not None else color_palette(self.num_classes)
         img_dir, mask_dir = root / images_dir, root / masks_dir
         if not img_dir.is_dir():

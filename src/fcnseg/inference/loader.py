@@ -77,6 +77,10 @@ def _info_from_meta(meta: dict[str, Any], *, name: str, source: str, num_classes
     model = meta.get("model", default_model)
     n_meta = meta.get("num_classes")
     names = meta.get("class_names")
+    for key, kind, what in (("model", str, "a string"), ("class_names", list, "a list"), ("normalization", str,
+                            "a string"), ("options", dict, "a mapping"), ("model_options", dict, "a mapping")):
+        if meta.get(key) is not None and not isinstance(meta[key], kind):  # a crafted or damaged file
+            raise UserError(f"{source}: {key} in its metadata is {type(meta[key]).__name__}; expected {what}")
     if n_meta is None:
         n_meta = len(names) if names else inferred_classes
     if n_meta is None:
@@ -301,6 +305,10 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
         if suffix == ".safetensors":
             net, info = _from_safetensors(path, path.stem, num_classes)
         elif suffix in CHECKPOINT_SUFFIXES:
+            from .torchscript import is_torchscript_archive, load_torchscript
+
+            if is_torchscript_archive(path):  # `fcnseg export --format torchscript` also writes .pt
+                return load_torchscript(path, dev, num_classes, tile=tile, overlap=overlap, tta=tta)
             net, info = _from_checkpoint(path, path.stem, num_classes)
         else:
             raise UserError(f"{path}: unknown model file type {suffix or '(none)'}; expected .safetensors, "

@@ -62,6 +62,18 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def is_torchscript_archive(path: str | Path) -> bool:
+    """A ``torch.jit.save`` archive (a zip with ``code/`` and ``constants.pkl``), not a checkpoint."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
 def load_weights_only(path: str | Path, what: str = "checkpoint",
                       map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` with its failures as one line: a pickle that
@@ -88,6 +100,10 @@ def load_weights_only(path: str | Path, what: str = "checkpoint",
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and verify a checkpoint written by :func:`save_checkpoint`."""
     path = Path(path)
+    if path.is_file() and is_torchscript_archive(path):
+        raise UserError(f"{path}: a TorchScript archive (written by `fcnseg export --format torchscript`), not a "
+                        "training checkpoint; `fcnseg predict --model` runs it, training needs last.pt or "
+                        "a .safetensors weights file")
     wrapper = load_weights_only(path, "checkpoint")
     if not isinstance(wrapper, dict) or wrapper.get("format") != FORMAT:
         raise UserError(f"{path}: not an fcnseg training checkpoint (expected format {FORMAT})")
