@@ -304,3 +304,72 @@ def test_camvid_out_of_range_label_names_camvids_void_value(tmp_path):
     Image.fromarray(arr).save(lab)
     with pytest.raises(UserError, match=r"label value 12 out of range; expected 0\.\.10 or 11 \(camvid's void"):
         get_dataset("camvid", root, "train").load_raw(0)
+
+
+# ---------------------------------------------------------------------------- 7. progress
+def test_tiled_prediction_reports_every_tile(weights):
+    import numpy as np
+
+    from fcnseg.inference import load_model
+
+    model = load_model(weights, tile=64, overlap=32)  # small windows: fast
+    img = np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)
+    grid = model.tile_grid(150, 200)
+    assert grid is not None and len(grid) > 1
+    calls: list[int] = []
+    lab = model.predict(img, progress=calls.append)
+    assert calls == [1] * len(grid) and lab.shape == (150, 200)
+
+
+def test_predict_cli_shows_tile_progress_of_a_large_image(tmp_path, weights, monkeypatch):
+    import tqdm as tqdm_mod
+
+    bars: list[dict] = []
+    real = tqdm_mod.tqdm
+
+    class Recording(real):
+        def __init__(self, *a, **k):
+            k["disable"] = False  # as on a terminal
+            super().__init__(*a, **k)
+            bars.append({"unit": k.get("unit"), "total": k.get("total"), "bar": self})
+
+    monkeypatch.setattr(tqdm_mod, "tqdm", Recording)
+    img = _image(tmp_path / "big.png", size=(150, 200))
+    assert main(["predict", "--model", str(weights), str(img), "--tile", "64", "--overlap", "32", "-o", str(tmp_path / "o")]) == 0
+    tiles = [b for b in bars if b["unit"] == "tile"]
+    assert len(tiles) == 1 and tiles[0]["total"] > 1 and tiles[0]["bar"].n == tiles[0]["total"]
+
+
+def test_large_image_note_and_max_pixels(tmp_path, weights, capsys):
+    img = _image(tmp_path / "in" / "a.png", size=(40, 56))  # 2240 pixels
+    out = str(tmp_path / "o")
+    assert main(["predict", "--model", str(weights), str(img), "-o", out, "--max-pixels", "2000", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "DecompressionBomb" not in err and "Traceback" not in err
+    notes = [ln for ln in err.splitlines() if "note:" in ln]
+    assert len(notes) == 1 and "2,240 pixels, above the 2,000-pixel limit" in notes[0] and "--max-pixels" in notes[0]
+    assert main(["predict", "--model", str(weights), str(img), "-o", out, "--max-pixels", "1000", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "decompression bomb" in err and "--max-pixels 2240" in err and "Traceback" not in err
+    assert main(["predict", "--model", str(weights), str(img), "-o", out, "--max-pixels", "0"]) == 2
+    assert "--max-pixels must be >= 1" in _one_line_error(capsys)
+    from PIL import Image
+
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # the limit held for that command only
+
+
+def test_validation_during_training_shows_progress(tmp_path, data_root, capsys, monkeypatch):
+    from fcnseg import evaluate as evaluate_mod
+
+    seen = []
+    real = evaluate_mod.evaluate
+
+    def spy(*a, **k):
+        seen.append(k.get("progress"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluate_mod, "evaluate", spy)
+    run = tmp_path / "v"
+    assert main(["train", str(_config(data_root, run, epochs=1, max_iters=1)), "--progress", "true"]) == 0
+    assert seen and all(seen)
+    assert "eval val" in capsys.readouterr().err

@@ -29,6 +29,7 @@ import glob as globlib
 import io
 import os
 import re
+import warnings
 from pathlib import Path, PurePath
 from typing import Iterable, Sequence
 
@@ -38,12 +39,53 @@ from .errors import UserError
 
 __all__ = [
     "IMAGE_EXTENSIONS", "read_image", "pil_to_rgb", "as_rgb_array", "read_label_png", "write_label_png",
-    "write_rgb_png", "atomic_write", "collect_images", "collect_image_jobs",
+    "write_rgb_png", "atomic_write", "collect_images", "collect_image_jobs", "set_max_pixels",
+    "LargeImageWarning",
 ]
 
 #: file name endings taken as images when a folder or glob is expanded (explicit files are always tried)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",
                               ".ppm", ".pgm", ".pnm", ".pbm", ".tga", ".jp2", ".j2k"})
+
+
+class LargeImageWarning(UserWarning):
+    """An image above the pixel limit (but under twice it) is decoded anyway; said in one line."""
+
+
+def set_max_pixels(limit: int | None) -> None:
+    """The pixel limit for reading images (Pillow's guard against decompression bombs, which
+    :func:`read_image` enforces in its own words): above it a :class:`LargeImageWarning`,
+    above twice it a :class:`UserError`. ``None`` restores Pillow's default (89,478,485)."""
+    from PIL import Image
+
+    if limit is not None and limit < 1:
+        raise UserError(f"--max-pixels must be >= 1, got {limit}")
+    Image.MAX_IMAGE_PIXELS = _PILLOW_DEFAULT_MAX if limit is None else int(limit)
+
+
+def _pillow_default_max() -> int:
+    from PIL import Image
+
+    return int(Image.MAX_IMAGE_PIXELS or 0)
+
+
+_PILLOW_DEFAULT_MAX = _pillow_default_max()
+
+
+def _check_pixels(path: Path, size: tuple[int, int]) -> None:
+    """Pillow's rule (warn above the limit, refuse above twice it), said as fcnseg does."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    n = size[0] * size[1]
+    if not limit or n <= limit:
+        return
+    if n > 2 * limit:
+        raise UserError(f"{path}: {size[0]}x{size[1]} = {n:,} pixels, more than twice the {limit:,}-pixel limit; "
+                        "refused as a possible decompression bomb (if you trust the file, raise the limit "
+                        f"with --max-pixels {n})")
+    warnings.warn(f"{path}: {size[0]}x{size[1]} = {n:,} pixels, above the {limit:,}-pixel limit; decoding it "
+                  f"anyway (twice the limit is refused; --max-pixels raises it)", LargeImageWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------- reading
@@ -70,7 +112,11 @@ def read_image(path: str | Path, exif: bool = True) -> np.ndarray:
     if size == 0:
         raise UserError(f"{path}: empty file (0 bytes), not an image")
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # said by _check_pixels in fcnseg's words
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            _check_pixels(path, im.size)
             im.load()  # decode now: a truncated file raises here rather than giving a partial image
             return pil_to_rgb(im, name=str(path), exif=exif)
     except UserError:
@@ -79,8 +125,12 @@ def read_image(path: str | Path, exif: bool = True) -> np.ndarray:
         raise UserError(f"{path}: cannot read (permission denied)") from None
     except UnidentifiedImageError:
         raise UserError(f"{path}: not an image file (format not recognised)") from None
-    except Image.DecompressionBombError as exc:
-        raise UserError(f"{path}: too many pixels for Pillow's safety limit ({exc})") from None
+    except Image.DecompressionBombError as exc:  # raised by Image.open, before _check_pixels
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        n = int(found.group(1)) if found else None
+        raise UserError(f"{path}: {f'{n:,} pixels, ' if n else ''}more than twice the "
+                        f"{Image.MAX_IMAGE_PIXELS:,}-pixel limit; refused as a possible decompression bomb (if you "
+                        f"trust the file, raise the limit with --max-pixels {n or 'N'})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         msg = str(exc) or exc.__class__.__name__
         if "truncated" in msg.lower() or isinstance(exc, EOFError):

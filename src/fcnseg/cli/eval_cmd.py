@@ -48,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="extra data-set option (YAML value), e.g. year=2011, classes=my.yaml, "
                         "modalities=[image,hha] (a multi-input model sets modalities itself); repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="pixel limit for images (default Pillow's 89478485): above it a note, above twice it "
+                        "the image is refused as a possible decompression bomb")
     return p
 
 
@@ -88,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if args.max_pixels is not None:
+        from ..imageio import set_max_pixels
+
+        set_max_pixels(args.max_pixels)
     json_path = _check_output(args.json, "--json")
     from ..inference.tta import parse_tta
 

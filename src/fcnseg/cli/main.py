@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 
 from .. import __version__
 from ..errors import UserError
@@ -39,6 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _notes_in_one_line(command: str) -> None:
+    """fcnseg's own notes (a large image decoded anyway) as one line, not Python's two."""
+    from ..imageio import LargeImageWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if issubclass(category, LargeImageWarning):
+            print(f"fcnseg {command}: note: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -46,7 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        from PIL import Image
+
+        limit = Image.MAX_IMAGE_PIXELS  # --max-pixels holds for this command only
+        try:
+            with warnings.catch_warnings():
+                _notes_in_one_line(args.command)
+                return int(args._run(args) or 0)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
     except UserError as exc:
         print(f"fcnseg {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

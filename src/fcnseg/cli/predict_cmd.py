@@ -62,6 +62,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="torch backend: run the plain eager module instead of the optimised copy (BatchNorm "
                         "folded, depthwise upsampling, channels-last; same logits within float rounding)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="pixel limit for input images (default Pillow's 89478485): above it a note, above "
+                        "twice it the image is refused as a possible decompression bomb")
     return p
 
 
@@ -165,6 +168,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--overlap must be >= 0, got {args.overlap}")
     tile = _parse_tile(args.tile)
     tta = parse_tta(args.tta)
+    if args.max_pixels is not None:
+        from ..imageio import set_max_pixels
+
+        set_max_pixels(args.max_pixels)
     jobs = collect_image_jobs(args.inputs)
     existed = args.out.expanduser().exists()
     out = _check_out_dir(args.out)
@@ -275,7 +282,12 @@ def run(args: argparse.Namespace) -> int:
                         target.parent.mkdir(parents=True, exist_ok=True)
                         tmp = target.with_name(f".{target.name}.tmp")
                         probs = NpyBandWriter(tmp, (model.num_classes, *im.shape[:2]))
-                    lab = model.predict(im, probs_out=probs)
+                    tiles = tqdm(total=len(model.tile_grid(*im.shape[:2])), unit="tile", desc=f"  {p.name}",
+                                 file=sys.stderr, disable=bar.disable, leave=False, dynamic_ncols=True)
+                    try:
+                        lab = model.predict(im, probs_out=probs, progress=tiles.update)
+                    finally:
+                        tiles.close()
                     extra = {h: model.head(h).predict(im) for h in model.heads if h != model.main_head}
                     if probs is not None:
                         probs.close()

@@ -226,7 +226,8 @@ class Segmenter:
     # ------------------------------------------------------------------ public API
     def predict(self, image: Image, return_probs: bool = False, *, tile: int | str | None = None,
                 overlap: int | None = None, tta: Any = None,
-                probs_out: np.ndarray | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                probs_out: np.ndarray | None = None,
+                progress: Callable[[int], None] | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Segment one image.
 
         Args:
@@ -239,6 +240,8 @@ class Segmenter:
             tta: test-time augmentation, e.g. ``"flip,scales=0.75,1,1.25"`` or a :class:`TTA`.
             probs_out: a ``C x H x W`` float32 array (e.g. a ``numpy.memmap``) to write the
                 probabilities into instead of allocating one (huge images).
+            progress: called with 1 after each tile of a tiled prediction (a progress bar's
+                ``update``), so that a huge image shows it is moving.
 
         Returns the ``H x W`` label map (uint8 for up to 256 classes, else int32), or
         ``(labels, probs)`` with ``return_probs``.
@@ -262,7 +265,8 @@ class Segmenter:
                 return self.scores(self._batch_tensor([win]), tta_cfg)[0][0]
 
             to_probs = None if tta_cfg.active else (lambda s: torch.softmax(s.float(), dim=0))
-            predict_tiled(img, window_scores, grid, self.num_classes, labels, probs, to_probs=to_probs)
+            predict_tiled(img, window_scores, grid, self.num_classes, labels, probs, to_probs=to_probs,
+                          progress=progress)
             return (labels, probs) if return_probs else labels
         s, is_prob = self.scores(self._batch_tensor([img]), tta_cfg)
         labels = self._labels(s)[0]
