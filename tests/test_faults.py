@@ -373,3 +373,26 @@ def test_validation_during_training_shows_progress(tmp_path, data_root, capsys, 
     assert main(["train", str(_config(data_root, run, epochs=1, max_iters=1)), "--progress", "true"]) == 0
     assert seen and all(seen)
     assert "eval val" in capsys.readouterr().err
+
+
+def test_checkpoint_write_failure_mid_run_is_one_line_and_keeps_the_last_good(tmp_path, data_root, capsys,
+                                                                               monkeypatch):
+    import errno
+
+    from fcnseg.training import checkpoint, engine
+
+    real = checkpoint.save_checkpoint
+    calls = []
+
+    def disk_full_after_first(state, path):
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(state, path)
+
+    monkeypatch.setattr(engine, "save_checkpoint", disk_full_after_first)
+    run = tmp_path / "full"
+    assert main(["train", str(_config(data_root, run, epochs=1, val_split=None))]) == 2
+    line = _one_line_error(capsys)
+    assert "No space left on device" in line and "last good checkpoint" in line and "(step 1)" in line
+    assert checkpoint.load_checkpoint(run / "last.pt")["position"]["step"] == 1

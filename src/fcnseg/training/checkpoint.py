@@ -53,11 +53,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(wrapper, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(wrapper, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, killed mid-write: no half file left beside the good one
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
     return path
 

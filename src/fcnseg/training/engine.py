@@ -345,7 +345,10 @@ class Trainer:
             raise UserError(f"{len(bad)} weight/optimiser tensor(s) became NaN or inf by step {self.step} "
                             f"(e.g. {bad[0]}); {name} was not written. {self._last_good()}")
         if self.main:
-            save_checkpoint(self.state(epoch, micro_in_epoch), self.run_dir / name)
+            try:
+                save_checkpoint(self.state(epoch, micro_in_epoch), self.run_dir / name)
+            except OSError as exc:  # disk full, folder made read-only: the previous file is intact
+                raise UserError(f"{os_error_line(exc, self.run_dir / name)}; {self._last_good()}") from None
         if name == "last.pt":
             self.last_saved_step = self.step
         barrier()
@@ -361,8 +364,11 @@ class Trainer:
         if not self.main:
             return
         row = {"time": round(time.time(), 3), **row}
-        with open(self.run_dir / "log.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        try:
+            with open(self.run_dir / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        except OSError as exc:
+            raise os_error_line(exc, self.run_dir / "log.jsonl") from None
         if self.tb is not None:
             kind = row.get("type")
             for k, v in row.items():
