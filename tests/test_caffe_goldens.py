@@ -1,0 +1,170 @@
+"""fcnseg against the real Caffe: every reference net, run by BVLC Caffe, is the oracle.
+
+``tests/goldens/caffe`` holds what the official Caffe (commit and build in
+``manifest.json``; made by ``bash scripts/caffe_goldens.sh``) computed for each reference
+net of ``../shared/reference/fcn-berkeleyvision`` at several awkward input sizes, with
+parameters and inputs from the seeded recipe of :mod:`fcnseg.caffe.seeded` (the same
+recipe regenerates them here, and the manifest's checksums prove it). Caffe is not
+needed to run these tests.
+
+Two things must equal Caffe's blobs, within ``RTOL`` relative (max abs difference / max
+abs golden value; float32 summation order differs between Caffe's im2col + OpenBLAS and
+PyTorch, about 1e-6 in practice):
+- ``fcnseg.caffe.Net`` on the reference prototxt: the score blobs and every Crop
+  layer's input and output;
+- fcnseg's own model (``get_model`` via ``convert_caffemodel``, the path ``fcnseg convert``
+  takes): the scores.
+The default suite runs the 1x1 and 37x53 inputs for every net; ``-m slow`` adds 64x80
+and 503x517.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fcnseg.caffe import Net
+from fcnseg.caffe.caffemodel import Blob, CaffeLayer
+from fcnseg.caffe.convert import convert_caffemodel
+from fcnseg.caffe.seeded import seeded_blob, seeded_input
+
+GOLDENS = Path(__file__).resolve().parent / "goldens" / "caffe"
+MANIFEST = json.loads((GOLDENS / "manifest.json").read_text())
+REF = "reference/fcn-berkeleyvision"
+RTOL = 1e-5
+ARCH = {"voc-fcn32s": "fcn32s_vgg16", "voc-fcn16s": "fcn16s_vgg16", "voc-fcn8s": "fcn8s_vgg16",
+        "voc-fcn8s-atonce": "fcn8s_atonce_vgg16", "voc-fcn-alexnet": "fcn32s_alexnet",
+        "pascalcontext-fcn32s": "fcn32s_vgg16_context", "pascalcontext-fcn16s": "fcn16s_vgg16_context",
+        "pascalcontext-fcn8s": "fcn8s_vgg16_context", "nyud-fcn32s-color": "fcn32s_vgg16",
+        "nyud-fcn32s-hha": "fcn32s_vgg16", "nyud-fcn32s-color-d": "fcn32s_vgg16_rgbd",
+        "nyud-fcn32s-color-hha": "fcn32s_vgg16_rgb_hha", "siftflow-fcn32s": "fcn32s_vgg16_siftflow",
+        "siftflow-fcn16s": "fcn16s_vgg16_siftflow", "siftflow-fcn8s": "fcn8s_vgg16_siftflow"}
+FAST_SIZES = ("1x1", "37x53")
+SIZES = [s if s in FAST_SIZES else pytest.param(s, marks=pytest.mark.slow) for s in MANIFEST["sizes"]]
+
+
+def test_every_reference_net_has_goldens(shared_dir):
+    nets = sorted(p.parent.name for p in (shared_dir / REF).glob("*/*.prototxt")
+                  if p.stem in ("val", "test"))
+    assert sorted(MANIFEST["nets"]) == sorted(ARCH) == nets
+    assert set(FAST_SIZES) < set(MANIFEST["sizes"]) and any(int(s.split("x")[0]) > 500 for s in MANIFEST["sizes"])
+
+
+@dataclass
+class Case:
+    name: str
+    meta: dict
+    goldens: dict[str, np.ndarray]
+    net: Net
+    model: nn.Module
+
+
+_BLOBS: dict[tuple, np.ndarray] = {}  # consecutive nets share the VGG trunk's values
+
+
+def _regenerate(net: Net, meta: dict) -> list[CaffeLayer]:
+    """The nets' parameters from the recipe; checked against Caffe's checksums."""
+    assert list(net.params) == list(meta["params"])
+    used, layers = set(), []
+    for name, params in net.params.items():
+        kind = net.layer_types[name]
+        assert kind == meta["params"][name]["type"]
+        blobs = []
+        for i, (p, info) in enumerate(zip(params, meta["params"][name]["blobs"], strict=True)):
+            key = (name, i, kind, tuple(info["shape"]))
+            if key not in _BLOBS:
+                _BLOBS[key] = seeded_blob(name, i, kind, info["shape"])
+                values = _BLOBS[key].astype(np.float64)
+                got = [values.sum(), (values * values).sum(), values.flat[0], values.flat[-1]]
+                np.testing.assert_allclose(got, info["checksum"], rtol=1e-6, err_msg=f"{name}/{i}")
+            used.add(key)
+            blobs.append(Blob(_BLOBS[key]))
+        layers.append(CaffeLayer(name, kind, blobs))
+    for key in set(_BLOBS) - used:
+        del _BLOBS[key]
+    return layers
+
+
+@pytest.fixture(scope="module", params=list(ARCH))
+def case(request, shared_dir):
+    name = request.param
+    meta = MANIFEST["nets"][name]
+    channels = {b: c for b, c in meta["inputs"].items() if c != 3}
+    net = Net(shared_dir / REF / meta["prototxt"], input_channels=channels).eval()
+    layers = _regenerate(net, meta)
+    report = net.load_caffemodel(layers, strict=True)
+    assert report.missing == [] and report.unused == []
+    model, conversion = convert_caffemodel(layers, ARCH[name])
+    assert sorted(conversion.loaded) == sorted(meta["params"]) and not conversion.classifier
+    with np.load(GOLDENS / f"{name}.npz") as data:
+        goldens = {k: data[k] for k in data.files}
+    yield Case(name, meta, goldens, net, model.eval())
+
+
+def _inputs(case: Case, size: str) -> dict[str, torch.Tensor]:
+    h, w = (int(v) for v in size.split("x"))
+    feed = {}
+    for blob, ch in case.meta["inputs"].items():
+        x = seeded_input(blob, (1, ch, h, w)).astype(np.float64)
+        expected = case.meta["sizes"][size]["input_checksums"][blob]
+        np.testing.assert_allclose([x.sum(), (x * x).sum(), x.flat[0], x.flat[-1]], expected, rtol=1e-6)
+        feed[blob] = torch.from_numpy(x.astype(np.float32))
+    return feed
+
+
+def _check(case: Case, size: str, blob: str, value: torch.Tensor, who: str) -> float:
+    info = case.meta["sizes"][size]["blobs"][blob]
+    golden = case.goldens[f"{size}/{blob}"]
+    assert list(value.shape) == info["shape"], f"{who} {case.name} {size} {blob}: shape"
+    s = info["stride"]
+    ours = value[0, info["channels"], ::s, ::s].double().numpy()
+    err = float(np.abs(ours - golden).max() / max(np.abs(golden).max(), 1e-30))
+    assert err <= RTOL, f"{who} {case.name} {size} {blob}: relative difference {err:.2e} from Caffe"
+    return err
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_reference_prototxt_in_fcnseg_equals_caffe(case, size):
+    feed = _inputs(case, size)
+    stored = list(case.meta["sizes"][size]["blobs"])
+    with torch.no_grad():
+        blobs = case.net.forward_blobs(feed, stored)
+    for blob in stored:
+        _check(case, size, blob, blobs[blob], "fcnseg.caffe.Net")
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_fcnseg_model_equals_caffe(case, size):
+    feed = _inputs(case, size)
+    x = torch.cat(list(feed.values()), dim=1)  # the models take modalities concatenated, colour first
+    with torch.no_grad():
+        out = case.model(x)
+    outputs = case.meta["outputs"]
+    if isinstance(out, dict):  # SIFT Flow: {"sem": ..., "geo": ...} for score_sem, score_geo
+        assert sorted(f"score_{k}" for k in out) == sorted(outputs)
+        for head, scores in out.items():
+            _check(case, size, f"score_{head}", scores, ARCH[case.name])
+    else:
+        assert outputs == ["score"]
+        _check(case, size, "score", out, ARCH[case.name])
+
+
+def test_a_one_pixel_crop_shift_is_caught(shared_dir):
+    """Guards the goldens themselves: the final crop moved by one pixel must fail."""
+    meta = MANIFEST["nets"]["voc-fcn-alexnet"]
+    text = (shared_dir / REF / meta["prototxt"]).read_text()
+    assert "offset: 18" in text
+    from fcnseg.caffe import parse_prototxt
+
+    net = Net(parse_prototxt(text.replace("offset: 18", "offset: 19"))).eval()
+    net.load_caffemodel(_regenerate(net, meta), strict=True)
+    case = Case("voc-fcn-alexnet", meta, dict(np.load(GOLDENS / "voc-fcn-alexnet.npz")), net, nn.Identity())
+    with torch.no_grad():
+        score = net.forward_blobs(_inputs(case, "37x53"), ["score"])["score"]
+    with pytest.raises(AssertionError, match="relative difference"):
+        _check(case, "37x53", "score", score, "shifted")
