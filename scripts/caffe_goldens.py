@@ -95,7 +95,8 @@ def checksum(a: np.ndarray) -> list[float]:
     return [float(a.sum()), float((a * a).sum()), float(a.flat[0]), float(a.flat[-1])]
 
 
-def run_net(caffe, caffe_pb2, text_format, ref: Path, name: str, split: str, out_dir: Path, sizes) -> dict:
+def run_net(caffe, caffe_pb2, text_format, ref: Path, name: str, split: str, out_dir: Path, sizes,
+            save: Path | None = None) -> dict:
     text, inputs = deploy_prototxt(caffe_pb2, text_format, ref / name / f"{split}.prototxt")
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
         f.write(text)
@@ -108,6 +109,8 @@ def run_net(caffe, caffe_pb2, text_format, ref: Path, name: str, split: str, out
         for i, blob in enumerate(blobs):
             blob.data[...] = seeded.seeded_blob(layer, i, kind, blob.data.shape)
             params[layer]["blobs"].append({"shape": list(blob.data.shape), "checksum": checksum(blob.data)})
+    if save is not None:
+        net.save(str(save))
     crops = [(lname, list(net.bottom_names[lname]), list(net.top_names[lname]))
              for lname, layer in zip(net._layer_names, net.layers) if layer.type == "Crop"]
     arrays: dict[str, np.ndarray] = {}
@@ -144,12 +147,118 @@ def run_net(caffe, caffe_pb2, text_format, ref: Path, name: str, split: str, out
     return meta
 
 
+# ---------------------------------------------------------------------------- small real caffemodels
+SMALL_LAYER = """name: "small_layer"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 dim: 11 dim: 13 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 6 kernel_size: 3 stride: 2 pad: 1 group: 2 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "norm1" type: "LRN" bottom: "conv1" top: "norm1" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 1.5 } }
+layer { name: "pool1" type: "Pooling" bottom: "norm1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+        convolution_param { num_output: 4 kernel_h: 3 kernel_w: 1 pad_h: 2 pad_w: 0 dilation: 2 } }
+layer { name: "norm2" type: "LRN" bottom: "conv2" top: "norm2"
+        lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 norm_region: WITHIN_CHANNEL } }
+layer { name: "pool2" type: "Pooling" bottom: "norm2" top: "pool2" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "upscore" type: "Deconvolution" bottom: "pool2" top: "upscore" param { lr_mult: 0 }
+        convolution_param { num_output: 4 kernel_size: 10 stride: 6 group: 2 bias_term: false } }
+layer { name: "up2" type: "Deconvolution" bottom: "pool2" top: "up2"
+        convolution_param { num_output: 3 kernel_size: 5 stride: 3 pad: 1 } }
+layer { name: "crop" type: "Crop" bottom: "upscore" bottom: "data" top: "crop" crop_param { axis: 2 offset: 1 offset: 2 } }
+layer { name: "score_data" type: "Convolution" bottom: "data" top: "score_data" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "fuse" type: "Eltwise" bottom: "crop" bottom: "score_data" top: "fuse"
+        eltwise_param { operation: SUM coeff: 1 coeff: -0.5 } }
+layer { name: "prod" type: "Eltwise" bottom: "crop" bottom: "score_data" top: "prod" eltwise_param { operation: PROD } }
+layer { name: "max" type: "Eltwise" bottom: "fuse" bottom: "prod" top: "max" eltwise_param { operation: MAX } }
+layer { name: "scale" type: "Scale" bottom: "max" top: "scale" scale_param { bias_term: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool2" top: "fc" inner_product_param { num_output: 5 } }
+"""
+
+SMALL_V1 = """name: "small_v1"
+input: "data"
+input_dim: 1 input_dim: 4 input_dim: 9 input_dim: 10
+layers { name: "conv1" type: CONVOLUTION bottom: "data" top: "conv1" blobs_lr: 1 blobs_lr: 2
+         convolution_param { num_output: 6 kernel_size: 3 pad: 1 group: 2 } }
+layers { name: "relu1" type: RELU bottom: "conv1" top: "conv1" }
+layers { name: "pool1" type: POOLING bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layers { name: "norm1" type: LRN bottom: "pool1" top: "norm1" lrn_param { local_size: 5 alpha: 0.3 beta: 0.75 } }
+layers { name: "conv2" type: CONVOLUTION bottom: "norm1" top: "conv2"
+         convolution_param { num_output: 4 kernel_size: 3 pad: 1 group: 2 } }
+layers { name: "upsample" type: DECONVOLUTION bottom: "conv2" top: "upsample"
+         convolution_param { num_output: 2 kernel_size: 4 stride: 2 } }
+layers { name: "fc" type: INNER_PRODUCT bottom: "conv2" top: "fc" inner_product_param { num_output: 3 } }
+layers { name: "prob" type: SOFTMAX bottom: "fc" top: "prob" }
+"""
+
+
+def _fill_and_run(caffe, net, name: str) -> dict[str, np.ndarray]:
+    arrays = {}
+    for layer, blobs in net.params.items():
+        kind = net.layer_dict[layer].type
+        for i, blob in enumerate(blobs):
+            blob.data[...] = seeded.seeded_blob(f"{name}:{layer}", i, kind, blob.data.shape)
+            arrays[f"param/{layer}/{i}"] = blob.data.copy()
+    x = seeded.seeded_input(f"{name}:data", net.blobs["data"].data.shape)
+    net.forward(data=x)
+    for blob, value in net.blobs.items():
+        arrays[f"blob/{blob}"] = value.data.copy()
+    return arrays
+
+
+def write_fixtures(caffe, caffe_pb2, text_format, out: Path) -> dict:
+    """Small nets, their caffemodels as real Caffe writes them, their blobs and outputs.
+
+    small_layer: current ``layer`` format; caffemodel written by Caffe's ``Net::ToProto``
+    (``net.save``). small_v1: old V1 ``layers`` format with 4-D legacy blob dimensions,
+    serialised by protobuf from Caffe's own caffe.proto (Caffe itself no longer writes
+    V1); Caffe's reading (upgrading) of that file is checked here to give the very same
+    parameters and outputs. Parameters: the seeded recipe keyed ``"<net>:<layer>"``.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {}
+    for name, text in (("small_layer", SMALL_LAYER), ("small_v1", SMALL_V1)):
+        proto = out / f"{name}.prototxt"
+        proto.write_text(text)
+        net = caffe.Net(str(proto), caffe.TEST)
+        arrays = _fill_and_run(caffe, net, name)
+        model = out / f"{name}.caffemodel"
+        if name == "small_layer":
+            net.save(str(model))
+        else:
+            msg = caffe_pb2.NetParameter()
+            msg.name = name
+            for layer in text_format.Merge(text, caffe_pb2.NetParameter()).layers:
+                v1 = msg.layers.add()
+                v1.CopyFrom(layer)  # the whole V1 definition, as old caffemodels hold it
+                for i in range(len(net.params[layer.name]) if layer.name in net.params else 0):
+                    data = arrays[f"param/{layer.name}/{i}"]
+                    dims = (1,) * (4 - data.ndim) + data.shape
+                    b = v1.blobs.add()
+                    b.num, b.channels, b.height, b.width = dims
+                    b.data.extend(data.ravel().tolist())
+            model.write_bytes(msg.SerializeToString())
+            again = caffe.Net(str(proto), str(model), caffe.TEST)  # Caffe reads (upgrades) it
+            for layer, blobs in again.params.items():
+                for i, blob in enumerate(blobs):
+                    assert np.array_equal(blob.data, arrays[f"param/{layer}/{i}"]), (layer, i)
+            again.forward(data=arrays["blob/data"])
+            for blob, value in again.blobs.items():
+                assert np.array_equal(value.data, arrays[f"blob/{blob}"]), blob
+        np.savez_compressed(out / f"{name}.npz", **arrays)
+        meta[name] = {"types": {layer: net.layer_dict[layer].type for layer in net.params},
+                      "bytes": model.stat().st_size}
+        print(f"fixture {name}: {model.stat().st_size} bytes, {len(net.params)} layers with blobs", flush=True)
+    return meta
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--reference", type=Path, required=True)
     ap.add_argument("--caffe-commit", default="unknown")
     ap.add_argument("--nets", nargs="*", help="only these reference nets (default: all)")
+    ap.add_argument("--save-alexnet", type=Path,
+                    help="also save the seeded voc-fcn-alexnet as a caffemodel here (230 MB; not committed)")
     args = ap.parse_args()
     caffe, caffe_pb2, text_format = import_caffe()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -162,11 +271,14 @@ def main() -> int:
         "sizes": [f"{h}x{w}" for h, w in SIZES],
         "stored": {"outputs_max_pixels": OUTPUT_PIXELS, "crops_max_pixels": INTERMEDIATE_PIXELS},
         "numpy": np.__version__, "python": sys.version.split()[0]})
+    manifest["fixtures"] = write_fixtures(caffe, caffe_pb2, text_format, args.out / "fixtures")
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     for name, split in REFERENCE_NETS:
         if args.nets and name not in args.nets:
             continue
         manifest["nets"][name] = run_net(caffe, caffe_pb2, text_format, args.reference, name, split,
-                                         args.out, SIZES)
+                                         args.out, SIZES,
+                                         args.save_alexnet if name == "voc-fcn-alexnet" else None)
         manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return 0
 

@@ -100,7 +100,8 @@ goldens() {
         PYTHONPATH="$SRC/python" /usr/bin/python3 "$REPO/scripts/caffe_goldens.py" \
         --out "$REPO/tests/goldens/caffe" \
         --reference "$REPO/../shared/reference/fcn-berkeleyvision" \
-        --caffe-commit "$CAFFE_COMMIT"
+        --caffe-commit "$CAFFE_COMMIT" \
+        --save-alexnet "$CACHE/voc-fcn-alexnet-seeded.caffemodel"
 }
 
 mkdir -p "$CACHE"
