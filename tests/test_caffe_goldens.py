@@ -14,8 +14,8 @@ PyTorch, about 1e-6 in practice):
   layer's input and output;
 - fcnseg's own model (``get_model`` via ``convert_caffemodel``, the path ``fcnseg convert``
   takes): the scores.
-The default suite runs the 1x1 and 37x53 inputs for every net; ``-m slow`` adds 64x80
-and 503x517.
+The default suite runs one of the 1x1, 37x53 and 64x80 inputs for every net (in turns);
+``-m slow`` runs every size (also 503x517) for every net.
 """
 from __future__ import annotations
 
@@ -37,22 +37,29 @@ GOLDENS = Path(__file__).resolve().parent / "goldens" / "caffe"
 MANIFEST = json.loads((GOLDENS / "manifest.json").read_text())
 REF = "reference/fcn-berkeleyvision"
 RTOL = 1e-5
+# In this order consecutive nets share the VGG trunk's regenerated blobs (see _BLOBS).
 ARCH = {"voc-fcn32s": "fcn32s_vgg16", "voc-fcn16s": "fcn16s_vgg16", "voc-fcn8s": "fcn8s_vgg16",
-        "voc-fcn8s-atonce": "fcn8s_atonce_vgg16", "voc-fcn-alexnet": "fcn32s_alexnet",
-        "pascalcontext-fcn32s": "fcn32s_vgg16_context", "pascalcontext-fcn16s": "fcn16s_vgg16_context",
-        "pascalcontext-fcn8s": "fcn8s_vgg16_context", "nyud-fcn32s-color": "fcn32s_vgg16",
-        "nyud-fcn32s-hha": "fcn32s_vgg16", "nyud-fcn32s-color-d": "fcn32s_vgg16_rgbd",
-        "nyud-fcn32s-color-hha": "fcn32s_vgg16_rgb_hha", "siftflow-fcn32s": "fcn32s_vgg16_siftflow",
-        "siftflow-fcn16s": "fcn16s_vgg16_siftflow", "siftflow-fcn8s": "fcn8s_vgg16_siftflow"}
-FAST_SIZES = ("1x1", "37x53")
-SIZES = [s if s in FAST_SIZES else pytest.param(s, marks=pytest.mark.slow) for s in MANIFEST["sizes"]]
+        "voc-fcn8s-atonce": "fcn8s_atonce_vgg16", "pascalcontext-fcn32s": "fcn32s_vgg16_context",
+        "pascalcontext-fcn16s": "fcn16s_vgg16_context", "pascalcontext-fcn8s": "fcn8s_vgg16_context",
+        "nyud-fcn32s-color": "fcn32s_vgg16", "nyud-fcn32s-hha": "fcn32s_vgg16",
+        "nyud-fcn32s-color-d": "fcn32s_vgg16_rgbd", "siftflow-fcn32s": "fcn32s_vgg16_siftflow",
+        "siftflow-fcn16s": "fcn16s_vgg16_siftflow", "siftflow-fcn8s": "fcn8s_vgg16_siftflow",
+        "nyud-fcn32s-color-hha": "fcn32s_vgg16_rgb_hha", "voc-fcn-alexnet": "fcn32s_alexnet"}
+
+# The default suite runs one awkward size per net, both sides (a VGG forward costs ~1 s on
+# one core); the three small sizes take turns across the nets. ``-m slow`` runs the rest.
+FAST_SIZES = ("1x1", "37x53", "64x80")
+FAST = {net: FAST_SIZES[i % len(FAST_SIZES)] for i, net in enumerate(ARCH)}
+CASES = [pytest.param(net, size, id=f"{net}-{size}", marks=() if FAST[net] == size else pytest.mark.slow)
+         for net in ARCH for size in MANIFEST["sizes"]]
 
 
 def test_every_reference_net_has_goldens(shared_dir):
     nets = sorted(p.parent.name for p in (shared_dir / REF).glob("*/*.prototxt")
                   if p.stem in ("val", "test"))
     assert sorted(MANIFEST["nets"]) == sorted(ARCH) == nets
-    assert set(FAST_SIZES) < set(MANIFEST["sizes"]) and any(int(s.split("x")[0]) > 500 for s in MANIFEST["sizes"])
+    assert set(FAST_SIZES) < set(MANIFEST["sizes"]) and set(FAST.values()) == set(FAST_SIZES)
+    assert any(int(s.split("x")[0]) > 500 for s in MANIFEST["sizes"])
 
 
 @dataclass
@@ -67,43 +74,62 @@ class Case:
 _BLOBS: dict[tuple, np.ndarray] = {}  # consecutive nets share the VGG trunk's values
 
 
-def _regenerate(net: Net, meta: dict) -> list[CaffeLayer]:
-    """The nets' parameters from the recipe; checked against Caffe's checksums."""
-    assert list(net.params) == list(meta["params"])
+def _checksum(values: np.ndarray) -> list[float]:
+    """Caffe's checksum of a blob (sum, sum of squares, first, last) in float64, in chunks."""
+    flat = values.reshape(-1)
+    total = squares = 0.0
+    for i in range(0, flat.size, 1 << 22):
+        chunk = flat[i:i + (1 << 22)].astype(np.float64)
+        total += chunk.sum()
+        squares += np.dot(chunk, chunk)
+    return [total, squares, float(flat[0]), float(flat[-1])]
+
+
+def _regenerate(meta: dict) -> list[CaffeLayer]:
+    """The net's parameters from the recipe, at Caffe's shapes; checked against Caffe's checksums."""
     used, layers = set(), []
-    for name, params in net.params.items():
-        kind = net.layer_types[name]
-        assert kind == meta["params"][name]["type"]
+    for name, info in meta["params"].items():
         blobs = []
-        for i, (p, info) in enumerate(zip(params, meta["params"][name]["blobs"], strict=True)):
-            key = (name, i, kind, tuple(info["shape"]))
+        for i, blob in enumerate(info["blobs"]):
+            key = (name, i, info["type"], tuple(blob["shape"]))
             if key not in _BLOBS:
-                _BLOBS[key] = seeded_blob(name, i, kind, info["shape"])
-                values = _BLOBS[key].astype(np.float64)
-                got = [values.sum(), (values * values).sum(), values.flat[0], values.flat[-1]]
-                np.testing.assert_allclose(got, info["checksum"], rtol=1e-6, err_msg=f"{name}/{i}")
+                _BLOBS[key] = seeded_blob(name, i, info["type"], blob["shape"])
+                np.testing.assert_allclose(_checksum(_BLOBS[key]), blob["checksum"], rtol=1e-6,
+                                           err_msg=f"{name}/{i}")
             used.add(key)
             blobs.append(Blob(_BLOBS[key]))
-        layers.append(CaffeLayer(name, kind, blobs))
+        layers.append(CaffeLayer(name, info["type"], blobs))
     for key in set(_BLOBS) - used:
         del _BLOBS[key]
     return layers
 
 
-@pytest.fixture(scope="module", params=list(ARCH))
-def case(request, shared_dir):
-    name = request.param
-    meta = MANIFEST["nets"][name]
+def _reference_net(prototxt, meta: dict, layers: list[CaffeLayer]) -> Net:
     channels = {b: c for b, c in meta["inputs"].items() if c != 3}
-    net = Net(shared_dir / REF / meta["prototxt"], input_channels=channels).eval()
-    layers = _regenerate(net, meta)
-    report = net.load_caffemodel(layers, strict=True)
-    assert report.missing == [] and report.unused == []
+    net = Net(prototxt, layers, input_channels=channels).eval()
+    assert sorted(net.params) == sorted(meta["params"])
+    for name, params in net.params.items():
+        assert net.layer_types[name] == meta["params"][name]["type"]
+        assert [list(p.shape) for p in params] == [b["shape"] for b in meta["params"][name]["blobs"]], name
+    return net
+
+
+_LAST: list[Case] = []  # the net under test; tests come grouped by net (CASES order)
+
+
+def _case(name: str, shared_dir: Path) -> Case:
+    if _LAST and _LAST[0].name == name:
+        return _LAST[0]
+    _LAST.clear()
+    meta = MANIFEST["nets"][name]
+    layers = _regenerate(meta)
+    net = _reference_net(shared_dir / REF / meta["prototxt"], meta, layers)
     model, conversion = convert_caffemodel(layers, ARCH[name])
     assert sorted(conversion.loaded) == sorted(meta["params"]) and not conversion.classifier
     with np.load(GOLDENS / f"{name}.npz") as data:
         goldens = {k: data[k] for k in data.files}
-    yield Case(name, meta, goldens, net, model.eval())
+    _LAST.append(Case(name, meta, goldens, net, model.eval()))
+    return _LAST[0]
 
 
 def _inputs(case: Case, size: str) -> dict[str, torch.Tensor]:
@@ -128,19 +154,17 @@ def _check(case: Case, size: str, blob: str, value: torch.Tensor, who: str) -> f
     return err
 
 
-@pytest.mark.parametrize("size", SIZES)
-def test_reference_prototxt_in_fcnseg_equals_caffe(case, size):
+@pytest.mark.parametrize("name, size", CASES)
+def test_fcnseg_equals_caffe(name, size, shared_dir):
+    case = _case(name, shared_dir)
     feed = _inputs(case, size)
+    # 1. the reference prototxt run by fcnseg.caffe.Net: scores and every crop's input and output
     stored = list(case.meta["sizes"][size]["blobs"])
     with torch.no_grad():
         blobs = case.net.forward_blobs(feed, stored)
     for blob in stored:
         _check(case, size, blob, blobs[blob], "fcnseg.caffe.Net")
-
-
-@pytest.mark.parametrize("size", SIZES)
-def test_fcnseg_model_equals_caffe(case, size):
-    feed = _inputs(case, size)
+    # 2. fcnseg's own model, filled as `fcnseg convert` fills it: the scores
     x = torch.cat(list(feed.values()), dim=1)  # the models take modalities concatenated, colour first
     with torch.no_grad():
         out = case.model(x)
@@ -161,8 +185,7 @@ def test_a_one_pixel_crop_shift_is_caught(shared_dir):
     assert "offset: 18" in text
     from fcnseg.caffe import parse_prototxt
 
-    net = Net(parse_prototxt(text.replace("offset: 18", "offset: 19"))).eval()
-    net.load_caffemodel(_regenerate(net, meta), strict=True)
+    net = _reference_net(parse_prototxt(text.replace("offset: 18", "offset: 19")), meta, _regenerate(meta))
     case = Case("voc-fcn-alexnet", meta, dict(np.load(GOLDENS / "voc-fcn-alexnet.npz")), net, nn.Identity())
     with torch.no_grad():
         score = net.forward_blobs(_inputs(case, "37x53"), ["score"])["score"]
