@@ -30,7 +30,7 @@ Keying by layer name means nets that share a layer name and shape share its valu
 from __future__ import annotations
 
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

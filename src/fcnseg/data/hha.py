@@ -36,7 +36,7 @@ falls in either set (the reference's eigenvector is then arbitrary).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -44,7 +44,7 @@ import numpy as np
 #: 0-based principal point: the NYU toolbox's MATLAB (1-based) cx, cy minus 1.
 NYUD_INTRINSICS = (518.857901, 519.469611, 324.582449, 252.736166)
 
-__all__ = ["depth_to_hha", "backproject", "estimate_normals", "estimate_gravity", "NYUD_INTRINSICS"]
+__all__ = ["NYUD_INTRINSICS", "backproject", "depth_to_hha", "estimate_gravity", "estimate_normals"]
 
 
 def backproject(depth: np.ndarray, intrinsics: Sequence[float] = NYUD_INTRINSICS) -> np.ndarray:
