@@ -15,7 +15,7 @@ PyTorch, about 1e-6 in practice):
 - fcnseg's own model (``get_model`` via ``convert_caffemodel``, the path ``fcnseg convert``
   takes): the scores.
 The default suite runs one of the 1x1, 37x53 and 64x80 inputs for every net (in turns);
-``-m slow`` runs every size (also 503x517) for every net.
+``-m slow`` runs the other sizes (503x517 among them) for every net.
 """
 from __future__ import annotations
 
