@@ -63,10 +63,15 @@ def _box_sum(a: np.ndarray, r: int) -> np.ndarray:
     (MATLAB's ``filter2(ones(2r+1), a)``). Summed directly (rows, then columns), not by
     integral images, so a window of zeros sums to exactly 0 as in MATLAB: the plane fit
     of a window with one or two points is then exactly singular there too."""
-    k = 2 * r + 1
+    h, w = a.shape[:2]
     padded = np.pad(a.astype(np.float64), ((r, r), (r, r)) + ((0, 0),) * (a.ndim - 2))
-    rows = np.lib.stride_tricks.sliding_window_view(padded, k, axis=0).sum(-1)
-    return np.lib.stride_tricks.sliding_window_view(rows, k, axis=1).sum(-1)
+    rows = padded[0:h].copy()
+    for i in range(1, 2 * r + 1):
+        rows += padded[i:i + h]
+    out = rows[:, 0:w].copy()
+    for i in range(1, 2 * r + 1):
+        out += rows[:, i:i + w]
+    return out
 
 
 def estimate_normals(points: np.ndarray, valid: np.ndarray, window: int = 7) -> tuple[np.ndarray, np.ndarray]:
