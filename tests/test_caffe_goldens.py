@@ -117,6 +117,14 @@ def _reference_net(prototxt, meta: dict, layers: list[CaffeLayer]) -> Net:
 _LAST: list[Case] = []  # the net under test; tests come grouped by net (CASES order)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _free_memory():
+    """The caches hold ~1 GB (blobs, a reference net and a model): free them after this file."""
+    yield
+    _LAST.clear()
+    _BLOBS.clear()
+
+
 def _case(name: str, shared_dir: Path) -> Case:
     if _LAST and _LAST[0].name == name:
         return _LAST[0]
