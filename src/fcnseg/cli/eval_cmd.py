@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--tta", default=None, metavar="SPEC",
                    help="test-time augmentation as in `fcnseg predict --tta`, e.g. flip,scales=0.75,1,1.25 "
                         "(probabilities of all views averaged)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="fp32",
+                   help="inference precision (default fp32: exact scores; auto: the fastest accurate path of "
+                        "this machine, as predict uses; int8: CPU, calibrated on the shipped CamVid samples)")
     p.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N images")
     p.add_argument("--normalization", choices=["caffe", "imagenet"], default=None,
@@ -104,21 +107,23 @@ def run(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     options = _parse_options(args.dataset_option)
 
-    segmenter = _load(args.model, device)
+    segmenter = _load(args.model, device, precision=args.precision)
     dataset_name = args.dataset or segmenter.info.meta.get("dataset")
     if not dataset_name:
         raise UserError(f"{args.model}: no data set recorded with this model; pass --dataset")
     options = {**_input_options(segmenter.net, dataset_name), **options}
     dataset = get_dataset(dataset_name, args.root, args.split, **options)
     if not segmenter.trained and segmenter.num_classes != dataset.num_classes:
-        segmenter = _load(args.model, device, num_classes=dataset.num_classes)  # size the untrained output
+        segmenter = _load(args.model, device, num_classes=dataset.num_classes,  # size the untrained output
+                          precision=args.precision)
     if not segmenter.trained:
         print(f"fcnseg eval: warning: {args.model!r} is an untrained architecture; expect near-chance scores",
               file=sys.stderr)
     elif segmenter.num_classes != dataset.num_classes:
         raise UserError(f"{args.model}: the model predicts {segmenter.num_classes} classes but the data set has "
                         f"{dataset.num_classes}; evaluate it on the data set it was trained for")
-    model = segmenter.net
+    # fp32: the plain module (exact scores); another precision: the module that runs it
+    model = segmenter.net if args.precision == "fp32" else segmenter._run.runner
     norm = args.normalization or segmenter.normalization
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # DataLoader chatter; real problems are UserErrors
@@ -222,14 +227,14 @@ def save_confusion_figure(mat: Any, class_names: list[str], path: Path, title: s
 
 
 # --------------------------------------------------------------------------- model resolution
-def _load(spec: str, device, num_classes: int | None = None):
+def _load(spec: str, device, num_classes: int | None = None, precision: str = "fp32"):
     """The model through :func:`fcnseg.inference.load_model` (one resolution rule for predict and
     eval); eval scores the PyTorch net itself, so an ONNX file is refused here."""
     from ..inference import UntrainedModelWarning, load_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedModelWarning)  # eval prints its own one-line warning
-        segmenter = load_model(spec, device=device, num_classes=num_classes)
+        segmenter = load_model(spec, device=device, num_classes=num_classes, precision=precision)
     if segmenter.net is None:
         raise UserError(f"{spec}: fcnseg eval runs PyTorch models (a model name, .safetensors or .pt); "
                         f"an {segmenter.backend} model can be used with fcnseg predict")
