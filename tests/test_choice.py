@@ -33,17 +33,26 @@ def test_depthwise_upsampling_on_cpu_not_on_cuda():
     assert any("dgrad" in w for w in gpu.why)
 
 
+BOTH = {"cpu": ("bf16", "int8")}
+
+
 def test_auto_precision_per_cpu():
     assert choose_precision(cpu(AVX2_EPYC)).precision == "fp32"
-    zen4 = choose_precision(cpu(ZEN4))
+    # the shipped eligibility: int8 failed the accuracy check, so bf16 only, where the CPU has it
+    assert choose_precision(cpu(AMX_XEON)).candidates == ("bf16",)
+    assert choose_precision(cpu(ZEN4)).candidates == ("bf16",)
+    assert choose_precision(cpu(CASCADE_LAKE)).precision == "fp32"
+    assert "int8: not accuracy-checked" in choose_precision(cpu(CASCADE_LAKE)).reason
+    # with int8 eligible (as for a model that passes its check): int8 first where VNNI / AMX-int8 is
+    zen4 = choose_precision(cpu(ZEN4), eligible=BOTH)
     assert zen4.candidates == ("int8", "bf16") and "avx512_vnni" in zen4.reason and "avx512_bf16" in zen4.reason
-    amx = choose_precision(cpu(AMX_XEON))
+    amx = choose_precision(cpu(AMX_XEON), eligible=BOTH)
     assert amx.candidates == ("int8", "bf16") and "amx_int8" in amx.reason and "amx_bf16" in amx.reason
-    assert choose_precision(cpu(CASCADE_LAKE)).candidates == ("int8",)
+    assert choose_precision(cpu(CASCADE_LAKE), eligible=BOTH).candidates == ("int8",)
     # without onnxruntime, or for a model the RGB calibration images do not fit: bf16 only
-    assert choose_precision(cpu(AMX_XEON), int8_available=False).candidates == ("bf16",)
-    assert choose_precision(cpu(AMX_XEON), rgb=False).candidates == ("bf16",)
-    assert choose_precision(cpu(CASCADE_LAKE), rgb=False).precision == "fp32"
+    assert choose_precision(cpu(AMX_XEON), int8_available=False, eligible=BOTH).candidates == ("bf16",)
+    assert choose_precision(cpu(AMX_XEON), rgb=False, eligible=BOTH).candidates == ("bf16",)
+    assert choose_precision(cpu(CASCADE_LAKE), rgb=False, eligible=BOTH).precision == "fp32"
     # a path that did not pass the accuracy check is never chosen
     assert choose_precision(cpu(AMX_XEON), eligible={"cpu": ("bf16",)}).candidates == ("bf16",)
     assert choose_precision(cpu(AMX_XEON), eligible={"cpu": ()}).precision == "fp32"

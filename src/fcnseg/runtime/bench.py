@@ -24,7 +24,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -267,6 +267,41 @@ def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, th
     return fast, f"torch {fast.method}", cfg.channels_last
 
 
+def _pick_fastest(cfg: BenchConfig, candidates: list[str], model: nn.Module, device: torch.device, threads: int,
+                  example: Tensor, workdir: Path) -> tuple[BenchConfig, str]:
+    """fp32 and each candidate precision timed on ``example`` (1 warm-up, best of 2): the fastest."""
+    timed: dict[str, float] = {}
+    failed: list[str] = []
+    for p in ["fp32", *candidates]:
+        c = replace(cfg, dtype=p, backend="onnxruntime" if p == "int8" else cfg.backend)
+        x = example.to(device)
+        sync = _sync(device)
+        try:
+            runner, _, wants_cl = _build_measured(c, model, device, threads, example, workdir)
+            if wants_cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                runner(x)
+                sync()
+        except Exception as exc:  # e.g. a layer without a bf16 kernel (AlexNet's LRN on the CPU)
+            if p == "fp32":
+                raise
+            failed.append(f"{p} does not run ({type(exc).__name__})")
+            continue
+        with torch.inference_mode():
+            best = float("inf")
+            for _ in range(2):
+                t = time.perf_counter()
+                runner(x)
+                sync()
+                best = min(best, time.perf_counter() - t)
+        timed[p] = best
+        del runner
+    fastest = min(timed, key=timed.get)
+    text = ", ".join([f"{p} {t * 1000:.1f} ms" for p, t in timed.items()] + failed)
+    return replace(cfg, dtype=fastest, backend="onnxruntime" if fastest == "int8" else cfg.backend), text
+
+
 # --------------------------------------------------------------------------- the run
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Benchmark ``cfg.model`` as configured; returns every figure as a JSON-ready dict."""
@@ -291,17 +326,16 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
 
     device = resolve_device(resolve_device_name(cfg.device))
     chosen = None
+    candidates: list[str] = []
     if cfg.dtype == "auto":
-        # the path a trained model of this kind gets first on this device (load_model then also
-        # checks it against fp32 on the shipped samples, which random weights cannot pass)
-        from dataclasses import replace
-
+        # the lower precisions this device runs well (fcnseg.runtime.choice); which one is fastest
+        # for this net is measured below, as load_model does (random weights: speed only)
         choice = choose_precision(DeviceSpec.detect(device), "auto", trained=True,
-                                  int8_available=cfg.backend == "onnxruntime" or _has_onnxruntime())
-        chosen = choice.message()
-        cfg = replace(cfg, dtype=choice.precision,
-                      backend="onnxruntime" if choice.precision == "int8" else cfg.backend)
-        say(chosen)
+                                  int8_available=_has_onnxruntime())
+        candidates = [p for p in choice.candidates
+                      if not (p == "int8" and (cfg.freeze or cfg.compile or not cfg.optimize))  # torch options
+                      and not (p != "int8" and cfg.backend == "onnxruntime")]  # onnxruntime: fp32 or int8
+        chosen = f"precision auto: candidates {', '.join(candidates) or 'none'} ({choice.reason})"
     threads = cfg.threads or default_threads()
     torch.set_num_threads(threads)
     height, width = cfg.size
@@ -325,6 +359,13 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-") as tmp:
         t0 = time.perf_counter()
         say("preparing the measured configuration")
+        if candidates:
+            cfg, pick = _pick_fastest(cfg, candidates, model, device, threads, example, Path(tmp))
+            chosen += f"; measured here: {pick} -> {cfg.dtype}"
+            say(chosen)
+        elif cfg.dtype == "auto":
+            cfg = replace(cfg, dtype="fp32")
+            chosen += " -> fp32"
         runner, method, wants_cl = _build_measured(cfg, model, device, threads, example, Path(tmp))
         prepare_s = time.perf_counter() - t0
         eager_net = getattr(runner, "eager_net", None)

@@ -427,7 +427,9 @@ def _quantize_onnxruntime(model: nn.Module, batches: list[Tensor], threads: int 
         # u8 activations x s8 weights: the VNNI (vpdpbusd) fast path; per-channel weight scales
         methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                    "entropy": CalibrationMethod.Entropy}
-        exclude = [n.name for n in onnx.load(str(pre_path)).graph.node if n.op_type in keep_fp32_ops]
+        # nodes kept in fp32: by op type (e.g. ConvTranspose) or by a piece of their name (e.g. score)
+        exclude = [n.name for n in onnx.load(str(pre_path)).graph.node
+                   if n.op_type in keep_fp32_ops or any(k in n.name for k in keep_fp32_ops)]
         quantize_static(str(pre_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[calibrate], nodes_to_exclude=exclude)
