@@ -111,18 +111,18 @@ def test_bench_precision_auto_names_the_path_and_why(monkeypatch):
 
     monkeypatch.setattr(choice.CpuFeatures, "detect", classmethod(lambda cls: cls(frozenset({"avx2"}))))
     r = run_bench(BenchConfig(model="fcn32s_lite0", size=(32, 48), warmup=1, repeats=1, gemm_size=64,
-                              num_classes=3, threads=1))
+                              num_classes=3, threads=1, dtype="auto"))
     assert r["dtype"] == "fp32" and "candidates none" in r["precision_choice"]
     assert "precision auto" in format_report(r)
     monkeypatch.setattr(choice.CpuFeatures, "detect",
                         classmethod(lambda cls: cls(frozenset({"avx2", "avx512f", "avx512_bf16"}))))
     r = run_bench(BenchConfig(model="fcn32s_lite0", size=(32, 48), warmup=1, repeats=1, gemm_size=64,
-                              num_classes=3, threads=1))
+                              num_classes=3, threads=1, dtype="auto"))
     # the faster of fp32 and bf16, measured on this machine, and both times are reported
     assert "avx512_bf16" in r["precision_choice"] and "measured here: fp32" in r["precision_choice"]
     assert r["dtype"] in ("fp32", "bf16") and r["precision_choice"].endswith("-> " + r["dtype"])
     assert ("bfloat16" in r["method"]) == (r["dtype"] == "bf16")
     assert r["gemm"]["dtype"] == r["dtype"] and r["gemm_fp32"]["dtype"] == "fp32"
     r = run_bench(BenchConfig(model="fcn32s_lite0", size=(32, 48), warmup=1, repeats=1, gemm_size=64,
-                              num_classes=3, threads=1, freeze=True, optimize=False))
+                              num_classes=3, threads=1, freeze=True, optimize=False, dtype="auto"))
     assert "TorchScript freeze" in r["method"]

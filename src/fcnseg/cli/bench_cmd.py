@@ -24,8 +24,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default: auto, CUDA when present)")
     p.add_argument("--precision", "--dtype", dest="dtype", choices=("auto", "fp32", "fp16", "bf16", "int8"),
-                   default="auto",
-                   help="auto (default): the first lower precision this device runs well (int8 via onnxruntime "
+                   default=None,
+                   help="auto (default, or $FCNSEG_PRECISION): the first lower precision this device runs well (int8 via onnxruntime "
                         "with VNNI/AMX-int8, bf16 with AMX/avx512_bf16, fp16 on CUDA; see docs/performance.md), "
                         "printed with the reason; fp32; fp16 (CUDA); bf16; int8 (CPU, post-training static "
                         "quantisation calibrated on random inputs: speed only). --dtype is the old name")

@@ -46,8 +46,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4,
                    help="images per forward pass; only images of equal size are batched (default 4)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto, CUDA when present)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="auto",
-                   help="auto (default): the fastest precision this machine runs well whose labels agree with "
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default=None,
+                   help="auto (default, or $FCNSEG_PRECISION): the fastest precision this machine runs well whose labels agree with "
                         "fp32 on >= 99.5%% of the shipped sample pixels (measured once, printed); fp32: exact; "
                         "bf16; fp16 (CUDA); int8 (CPU, calibrated on the shipped CamVid samples)")
     p.add_argument("--tile", default="auto",

@@ -251,7 +251,7 @@ def _onnx_info(backend, path: Path, name: str, num_classes: int | None) -> Model
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num_classes: int | None = None,
                backend: str | None = None, tile: int | str | None = "auto", overlap: int | None = None,
-               tta: Any = None, optimize: bool = True, precision: str = "auto"):
+               tta: Any = None, optimize: bool = True, precision: str | None = None):
     """Load a segmentation model ready for :meth:`~fcnseg.inference.Segmenter.predict`.
 
     Args:
@@ -265,7 +265,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
         optimize: run the torch backend through :func:`fcnseg.runtime.fast.optimize_for_inference`
             (BatchNorm folded, depthwise upsampling, channels-last; same logits within float
             rounding). ``False`` runs the plain eager module.
-        precision: ``auto`` (default: the fastest precision this machine runs well whose labels
+        precision: ``auto`` (the default, or ``$FCNSEG_PRECISION`` when set: the fastest precision this machine runs well whose labels
             agree with fp32 on >= 99.5 % of the shipped sample pixels, measured once here and
             printed; see :mod:`fcnseg.inference.precision`), ``fp32`` (exact), ``bf16``,
             ``fp16`` (CUDA) or ``int8`` (CPU, calibrated on the shipped CamVid samples).
@@ -279,8 +279,9 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
         raise UserError(f"unknown backend {backend!r}; expected torch or onnxruntime")
     if num_classes is not None and int(num_classes) < 1:
         raise UserError(f"num_classes must be >= 1, got {num_classes}")
-    from ..runtime.choice import PRECISIONS, resolve_device_name
+    from ..runtime.choice import PRECISIONS, default_precision, resolve_device_name
 
+    precision = default_precision(precision)
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; expected one of: {', '.join(PRECISIONS)}")
     dev = resolve_device(resolve_device_name(device))

@@ -43,7 +43,7 @@ class BenchConfig:
     size: tuple[int, int] = (500, 500)
     batch: int = 1
     device: str = "cpu"
-    dtype: str = "auto"  # auto | fp32 | fp16 | bf16 | int8 (the precision)
+    dtype: str | None = None  # auto | fp32 | fp16 | bf16 | int8 (None: $FCNSEG_PRECISION or auto)
     backend: str = "torch"  # torch | onnxruntime
     channels_last: bool = True
     optimize: bool = True  # fold BatchNorm + depthwise upsampling
@@ -314,6 +314,9 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     say = progress or (lambda _msg: None)
     if cfg.batch < 1 or cfg.repeats < 1 or cfg.warmup < 0:
         raise UserError("--batch and --repeats must be >= 1 and --warmup >= 0")
+    from .choice import default_precision
+
+    cfg = replace(cfg, dtype=default_precision(cfg.dtype))
     if cfg.dtype not in ("auto", "fp32", "fp16", "bf16", "int8"):
         raise UserError(f"unknown --precision {cfg.dtype!r}; expected auto, fp32, fp16, bf16 or int8")
     if cfg.backend not in ("torch", "onnxruntime"):

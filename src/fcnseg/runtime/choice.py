@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 __all__ = ["CpuFeatures", "DeviceSpec", "RewritePlan", "PrecisionChoice", "PRECISIONS", "plan_rewrites",
-           "choose_precision", "resolve_device_name", "say_once"]
+           "choose_precision", "resolve_device_name", "say_once", "default_precision"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
@@ -225,6 +225,13 @@ def choose_precision(spec: DeviceSpec, requested: str = "auto", *, trained: bool
     if why_not:
         reason += f" ({'; '.join(why_not)})"
     return PrecisionChoice(found[0][0], reason, candidates=tuple(p for p, _ in found))
+
+
+def default_precision(precision: str | None) -> str:
+    """``precision`` itself, or when None the ``FCNSEG_PRECISION`` environment variable, or ``auto``."""
+    import os
+
+    return precision or os.environ.get("FCNSEG_PRECISION") or "auto"
 
 
 # --------------------------------------------------------------------------- device
