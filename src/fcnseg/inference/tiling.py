@@ -175,7 +175,7 @@ def bytes_per_pixel(net: nn.Module, num_classes: int, size: int = 128) -> float:
     together) at a ``size x size`` fp32 input, per pixel, plus the full-resolution terms:
     the image (3 B), the normalised input (12 B), the logits and their arg-max / softmax
     temporary (2 x 4 B per class) and the labels. Measured peak resident-set growth of the
-    shipped Lite0 on the CPU: 148-160 B/px from 0.26 to 4.2 MP; this estimate: 293 B/px.
+    shipped Lite0 on the CPU: 148-160 B/px from 0.26 to 4.2 MP; this estimate: 299 B/px (fp32, 11 classes).
     """
     outs: list[int] = []
 
