@@ -176,11 +176,16 @@ def run(args: argparse.Namespace) -> int:
     jobs = [(p, s) for p, s in jobs if str(p) in explicit or not _within(p, out)]  # never re-read our outputs
     if not jobs:
         raise UserError(f"no input images outside the output folder {out}")
+    from ..inference.shard import shard_from_env
+
+    shard = shard_from_env()  # under torchrun: this rank's files, on this rank's device
+    jobs = shard.take(jobs) if shard.active else jobs
+    device = shard.device(args.device)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            model = load_model(args.model, device=args.device, num_classes=args.num_classes,
+            model = load_model(args.model, device=device, num_classes=args.num_classes,
                                backend=args.backend, tile=tile, overlap=args.overlap, tta=tta,
                                optimize=not args.eager, precision=args.precision)
             model.check_rgb_input()  # a multi-input net cannot run on image files: say so before any work
@@ -197,8 +202,8 @@ def run(args: argparse.Namespace) -> int:
     writer = _Writer(model, out, args.overlay, args.alpha, args.probs)
     failed: list[str] = []
     done = 0
-    bar = tqdm(total=len(jobs), unit="img", desc="predict", file=sys.stderr, disable=True if args.quiet else None,
-               dynamic_ncols=True)
+    bar = tqdm(total=len(jobs), unit="img", desc="predict", file=sys.stderr,
+               disable=True if args.quiet or shard.rank else None, dynamic_ncols=True)
 
     def fail(path: Path, exc: BaseException) -> None:
         failed.append(str(path))
@@ -302,9 +307,15 @@ def run(args: argparse.Namespace) -> int:
         for p, fut in pending:
             done += finish(p, fut)
     bar.close()
-    if not args.quiet:
+    n_failed = len(failed)
+    if shard.active:  # every rank's counts: one summary, the same exit status everywhere
+        done, n_failed = shard.sum(done, n_failed)
+        shard.close()
+    if not args.quiet and shard.rank == 0:
         msg = f"fcnseg predict: wrote {done} label map(s) to {out}"
-        if failed:
-            msg += f"; {len(failed)} image(s) failed"
+        if shard.active:
+            msg += f" ({shard.world} processes)"
+        if n_failed:
+            msg += f"; {n_failed} image(s) failed"
         print(msg, file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if n_failed else 0
