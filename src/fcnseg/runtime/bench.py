@@ -5,8 +5,12 @@ One run of :func:`run_bench` reports, for a model at one input size:
 * GFLOPs per image counted from the layers (:mod:`fcnseg.complexity`) and parameters;
 * latency per batch (median, p10, p90 over timed repeats after warm-up), images/s and
   the achieved GFLOP/s;
-* the machine's fp32 matrix-multiply rate measured in the same run with the same
-  thread count (a large GEMM through torch), and the achieved rate as a share of it;
+* the machine's matrix-multiply rate *in the precision that ran* (fp32 / bf16 / fp16
+  ``torch.mm``; int8 ``torch._int_mm`` or onnxruntime's ``MatMulInteger`` for the
+  onnxruntime int8 path), measured in the same run with the same thread count, and the
+  achieved rate as a share of it (plus the fp32 rate and share for a lower precision);
+* the path that ran (``method``) and, for ``precision="auto"`` (the default), which
+  precision was chosen and why (the device's candidates, each timed against fp32);
 * peak memory: the process's resident set (CPU) or ``max_memory_allocated`` (CUDA);
 * with ``baseline=True``, a plain eager NCHW fp32 forward of the same network timed in
   the same process, its repeats interleaved with the measured configuration's so that
@@ -506,7 +510,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"({r['gemm'].get('what', 'fp32')}, {r['gemm']['n']}^3) in this run: "
         f"{r['gemm']['median_gflops']:.1f} GFLOP/s median ({r['gemm']['best_gflops']:.1f} best) -> "
         f"{r['pct_of_gemm_peak']:.0f}% of the {r['gemm'].get('dtype', 'fp32')} GEMM rate"
-        + ("" if r.get("gemm_fp32", r["gemm"]) is r["gemm"] or r["gemm"].get("dtype", "fp32") == "fp32" else
+        + ("" if r["gemm"].get("dtype", "fp32") == "fp32" or "gemm_fp32" not in r else
            f"; fp32 GEMM {r['gemm_fp32']['median_gflops']:.1f} GFLOP/s ({r['pct_of_fp32_gemm']:.0f}%)"),
         f"memory       {r['memory']['mb']:.0f} MB ({r['memory']['kind']})",
         f"prepare      {r['prepare_s']:.1f} s to build the configuration; first call "
