@@ -342,7 +342,11 @@ def test_tile_plan_rounds_to_the_stride(model):
     assert model.tile_grid(300, 400, tile=160, overlap=128) is not None
     assert model.tile_grid(300, 400, tile=0) is None
     assert model.tile_grid(1000, 1000) is None  # 'auto' leaves small images whole
-    assert model.tile_grid(3000, 3000).tile == 1024
+    import copy  # 'auto' above the memory budget: the largest windows that fit (see test_auto_tiles_...)
+
+    tight = copy.copy(model)
+    tight.memory_budget = int(model.bytes_per_pixel * 2000 * 2000)
+    assert tight.tile_grid(3000, 3000).tile == (2000 - 2 * 480) // 32 * 32
     g = plan_tiles(100, 100, 50, overlap=None, radius=None, stride=32)
     assert g.tile == 64 and g.margin == 32  # unknown geometry: a documented tile/4 margin
 
