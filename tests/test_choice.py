@@ -5,8 +5,13 @@ import pytest
 import torch
 
 from fcnseg.errors import UserError
-from fcnseg.runtime.choice import (CpuFeatures, DeviceSpec, choose_precision, plan_rewrites,
-                                   resolve_device_name)
+from fcnseg.runtime.choice import (
+    CpuFeatures,
+    DeviceSpec,
+    choose_precision,
+    plan_rewrites,
+    resolve_device_name,
+)
 
 # /proc/cpuinfo flag sets of the CPUs seen (trimmed to what matters)
 AVX2_EPYC = {"sse4_2", "avx", "avx2", "fma", "f16c"}  # Zen 2/3: no AVX-512, no VNNI

@@ -2,17 +2,14 @@
 keeps a lower precision only when it is faster and its labels agree; explicit precisions run."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import torch
 
 import fcnseg
-import fcnseg.inference.precision as precision
-import fcnseg.runtime.choice as choice
 from fcnseg.errors import UserError
+from fcnseg.inference import precision
 from fcnseg.inference.precision import MIN_AGREEMENT, sample_images
+from fcnseg.runtime import choice
 
 MODEL = "camvid-fcn8s-lite0"
 

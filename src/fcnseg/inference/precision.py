@@ -14,8 +14,9 @@ by name) is used as asked, without measuring.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ def sample_images() -> list[np.ndarray]:
 
 def _int8_available() -> bool:
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime
         import onnxruntime.quantization  # noqa: F401
     except ImportError:
         return False

@@ -11,9 +11,10 @@ status (1 if any image failed anywhere) and rank 0 prints the totals.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 

@@ -20,8 +20,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["CpuFeatures", "DeviceSpec", "RewritePlan", "PrecisionChoice", "PRECISIONS", "plan_rewrites",
-           "choose_precision", "resolve_device_name", "say_once", "default_precision"]
+__all__ = [
+    "PRECISIONS",
+    "CpuFeatures",
+    "DeviceSpec",
+    "PrecisionChoice",
+    "RewritePlan",
+    "choose_precision",
+    "default_precision",
+    "plan_rewrites",
+    "resolve_device_name",
+    "say_once",
+]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
@@ -43,7 +53,7 @@ class CpuFeatures:
     flags: frozenset[str] = frozenset()
 
     @classmethod
-    def detect(cls) -> "CpuFeatures":
+    def detect(cls) -> CpuFeatures:
         """This CPU's flags from ``/proc/cpuinfo``; elsewhere, what torch reports (AVX2 / AVX512, bf16)."""
         from .fast import cpu_flags
 
@@ -93,7 +103,7 @@ class DeviceSpec:
     name: str = ""
 
     @classmethod
-    def detect(cls, device: str | torch.device = "cpu") -> "DeviceSpec":
+    def detect(cls, device: str | torch.device = "cpu") -> DeviceSpec:
         dev = torch.device(device)
         if dev.type == "cuda":
             index = dev.index if dev.index is not None else torch.cuda.current_device()
