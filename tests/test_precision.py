@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import fcnseg
 from fcnseg.errors import UserError
@@ -79,3 +80,18 @@ def test_explicit_precisions(monkeypatch):
         fcnseg.load_model(MODEL, precision="fp16")
     with pytest.raises(UserError, match="unknown precision"):
         fcnseg.load_model(MODEL, precision="fp64")
+
+
+def test_auto_keeps_a_multi_input_net_fp32(auto, capsys):
+    """An RGB-D net cannot segment the RGB samples the check uses: fp32, said so, no error."""
+    from fcnseg.inference.loader import ModelInfo
+    from fcnseg.inference.precision import torch_backend
+    from fcnseg.models import get_model, list_models
+
+    name = "fcn8s_lite0_rgbd"
+    assert name in list_models()
+    auto({"avx2", "avx512f", "avx512_bf16"})
+    net = get_model(name, 4).eval()
+    info = ModelInfo("rgbd-test", name, 4, list("abcd"), np.zeros((4, 3), np.uint8), "imagenet")
+    backend = torch_backend(net, info, torch.device("cpu"), "auto", make_segmenter=lambda b: None)
+    assert backend.precision == "fp32" and "needs more inputs" in capsys.readouterr().err

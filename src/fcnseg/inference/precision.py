@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..runtime.choice import DeviceSpec, PrecisionChoice, choose_precision, say_once
+from ..runtime.choice import DeviceSpec, choose_precision, say_once
 
 __all__ = ["MIN_AGREEMENT", "sample_images", "torch_backend"]
 
@@ -59,9 +59,14 @@ def torch_backend(net: nn.Module, info: Any, device: torch.device, precision: st
 
     spec = DeviceSpec.detect(device)
     simple = not (getattr(net, "modalities", None) or getattr(net, "head_classes", None))
-    if precision == "auto" and not optimize:
-        choice = PrecisionChoice("fp32", "optimize=False: the plain module as built")
+    if precision == "auto" and not optimize:  # optimize=False: the plain module as built
         return TorchBackend(net, device, optimize=False)
+    modalities = getattr(net, "modalities", None)
+    if precision == "auto" and modalities and set(modalities) - {"rgb"}:
+        # the check runs RGB sample images; a net that also needs depth / HHA cannot take them
+        say_once(f"{getattr(info, 'name', 'model')}: precision auto -> fp32: the accuracy check runs on RGB "
+                 "samples, this model needs more inputs")
+        return build_plain(net, device, optimize)
     choice = choose_precision(spec, precision, trained=bool(getattr(info, "trained", True)), rgb=simple,
                               int8_available=_int8_available())
     if choice.precision == "int8" and not simple:
@@ -91,6 +96,12 @@ def torch_backend(net: nn.Module, info: Any, device: torch.device, precision: st
 
 
 _CHOSEN: dict[tuple[str, str, tuple[str, ...]], str] = {}
+
+
+def build_plain(net: nn.Module, device: torch.device, optimize: bool) -> Any:
+    from ..runtime.backends import TorchBackend
+
+    return TorchBackend(net, device, optimize=optimize, precision="fp32")
 
 
 def _measure(build: Callable[[str], Any], make_segmenter: Callable[[Any], Any],
