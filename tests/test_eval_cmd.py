@@ -234,9 +234,9 @@ def test_eval_precision_fp32_by_default_and_bf16_on_request(small_camvid, tmp_pa
                      "--json", str(out), "--quiet", *extra]) == 0
         runs[tuple(extra)] = json.loads(out.read_text())
     fp32, bf16 = runs[()], runs[("--precision", "bf16")]
-    from fcnseg.evaluate import evaluate
-    from fcnseg.data import get_dataset
     import fcnseg
+    from fcnseg.data import get_dataset
+    from fcnseg.evaluate import evaluate
 
     exact = evaluate(fcnseg.load_model("camvid-fcn8s-lite0", precision="fp32", optimize=False).net,
                      get_dataset("camvid", small_camvid, "val"), progress=False)

@@ -25,10 +25,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default: auto, CUDA when present)")
     p.add_argument("--precision", "--dtype", dest="dtype", choices=("auto", "fp32", "fp16", "bf16", "int8"),
                    default=None,
-                   help="auto (default, or $FCNSEG_PRECISION): the first lower precision this device runs well (int8 via onnxruntime "
-                        "with VNNI/AMX-int8, bf16 with AMX/avx512_bf16, fp16 on CUDA; see docs/performance.md), "
-                        "printed with the reason; fp32; fp16 (CUDA); bf16; int8 (CPU, post-training static "
-                        "quantisation calibrated on random inputs: speed only). --dtype is the old name")
+                   help="auto (default, or $FCNSEG_PRECISION): the lower precisions this device runs well "
+                        "(bf16 with AMX/avx512_bf16, fp16 on CUDA; see docs/performance.md) timed against fp32, "
+                        "the fastest benchmarked, printed with the reason; fp32; fp16 (CUDA); bf16; int8 (CPU, "
+                        "post-training static quantisation calibrated on random inputs: speed only). "
+                        "--dtype is the old name")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                    help="execution engine (onnxruntime: exported to ONNX in a temporary folder first)")
     p.add_argument("--baseline", action="store_true",

@@ -34,9 +34,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"a trained 11-class CamVid model: shipped name or weights file (default: {DEFAULT_MODEL})")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto, CUDA when present)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default=None,
-                   help="auto (default, or $FCNSEG_PRECISION): the fastest precision this machine runs well whose labels agree with "
-                        "fp32 on >= 99.5%% of the shipped sample pixels (measured once, printed); fp32: exact; "
-                        "bf16; fp16 (CUDA); int8 (CPU, calibrated on the shipped CamVid samples)")
+                   help="auto (default, or $FCNSEG_PRECISION): the fastest precision this machine runs well "
+                        "whose labels agree with fp32 on >= 99.5%% of the shipped sample pixels (measured once, "
+                        "printed); fp32: exact; bf16; fp16 (CUDA); int8 (CPU, calibrated on the shipped CamVid "
+                        "samples)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the scores")
     return p
 

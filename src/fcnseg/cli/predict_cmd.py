@@ -47,9 +47,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="images per forward pass; only images of equal size are batched (default 4)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto, CUDA when present)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default=None,
-                   help="auto (default, or $FCNSEG_PRECISION): the fastest precision this machine runs well whose labels agree with "
-                        "fp32 on >= 99.5%% of the shipped sample pixels (measured once, printed); fp32: exact; "
-                        "bf16; fp16 (CUDA); int8 (CPU, calibrated on the shipped CamVid samples)")
+                   help="auto (default, or $FCNSEG_PRECISION): the fastest precision this machine runs well "
+                        "whose labels agree with fp32 on >= 99.5%% of the shipped sample pixels (measured once, "
+                        "printed); fp32: exact; bf16; fp16 (CUDA); int8 (CPU, calibrated on the shipped CamVid "
+                        "samples)")
     p.add_argument("--tile", default="auto",
                    help="tile core size in pixels for tiled inference, 0 = never tile, 'auto' (default) = "
                         "tile images above ~4 megapixels with 1024-pixel cores")

@@ -265,10 +265,10 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
         optimize: run the torch backend through :func:`fcnseg.runtime.fast.optimize_for_inference`
             (BatchNorm folded, depthwise upsampling, channels-last; same logits within float
             rounding). ``False`` runs the plain eager module.
-        precision: ``auto`` (the default, or ``$FCNSEG_PRECISION`` when set: the fastest precision this machine runs well whose labels
-            agree with fp32 on >= 99.5 % of the shipped sample pixels, measured once here and
-            printed; see :mod:`fcnseg.inference.precision`), ``fp32`` (exact), ``bf16``,
-            ``fp16`` (CUDA) or ``int8`` (CPU, calibrated on the shipped CamVid samples).
+        precision: ``auto`` (the default, or ``$FCNSEG_PRECISION`` when set: the fastest precision
+            this machine runs well whose labels agree with fp32 on >= 99.5 % of the shipped
+            sample pixels, measured once here and printed; see :mod:`fcnseg.inference.precision`),
+            ``fp32`` (exact), ``bf16``, ``fp16`` (CUDA) or ``int8`` (CPU, calibrated on the shipped CamVid samples).
         device: also ``auto`` (CUDA when present).
     """
     from ..models import list_models

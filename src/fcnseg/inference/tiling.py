@@ -248,7 +248,8 @@ def predict_tiled(image: np.ndarray, scores: Callable[[np.ndarray], Tensor], gri
         y0, x0 = wy.start + cy.start, wx.start + cx.start
         y1, x1 = y0 + (cy.stop - cy.start), x0 + (cx.stop - cx.start)
         # max(0).indices == argmax(0) (first maximum on ties), several times faster on CPU logits
-        labels_out[y0:y1, x0:x1] = core.max(0).indices.to(torch.int32 if num_classes > 256 else torch.uint8).cpu().numpy()
+        labels = core.max(0).indices.to(torch.int32 if num_classes > 256 else torch.uint8)
+        labels_out[y0:y1, x0:x1] = labels.cpu().numpy()
         if probs_out is not None:
             p = to_probs(core) if to_probs is not None else core
             probs_out[:, y0:y1, x0:x1] = p.float().cpu().numpy()

@@ -267,7 +267,8 @@ def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, th
         raise UserError("--dtype fp16 is for --device cuda; on the CPU use bf16 or int8")
     mode = "compile" if cfg.compile else ("jit" if cfg.freeze else "eager")
     fast = optimize_for_inference(model.to(device), channels_last=cfg.channels_last, fold_bn=cfg.optimize,
-                                  depthwise=None if cfg.optimize else False, fixed_size=True, mode=mode, dtype=cfg.dtype, example_input=example)
+                                  depthwise=None if cfg.optimize else False, fixed_size=True, mode=mode,
+                                  dtype=cfg.dtype, example_input=example)
     return fast, f"torch {fast.method}", cfg.channels_last
 
 

@@ -6,9 +6,9 @@ What :func:`optimize_for_inference` does, each step exact up to float rounding:
   affine map per channel, so it is folded into the convolution's weights and bias
   and disappears (found with ``torch.fx``, the module tree is edited in place so
   the model keeps its class, attributes and forward code).
-* **Depthwise upsampling** (CPU only by default, see :mod:`fcnseg.runtime.choice`): the FCN upsampling layers are transposed convolutions
-  whose weights are zero off the class diagonal (class ``i`` upsamples into class
-  ``i``); a diagonal layer is rewritten as a grouped (depthwise) one, which skips
+* **Depthwise upsampling** (CPU only by default, see :mod:`fcnseg.runtime.choice`): the FCN
+  upsampling layers are transposed convolutions whose weights are zero off the class
+  diagonal (class ``i`` upsamples into class ``i``); a diagonal layer is rewritten as a grouped (depthwise) one, which skips
   the ``K - 1`` zero filters per class (``K`` times less arithmetic). A learned,
   non-diagonal layer is left alone.
 * **channels_last** (CPU and CUDA): weights and activations in NHWC, the layout oneDNN's CPU
@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ..errors import UserError
 
 __all__ = ["fold_batchnorm", "depthwise_upsampling", "optimize_for_inference", "FastModel",
-           "quantize_int8", "Int8Model", "device_plan", "onnx_session", "OnnxRunner", "cpu_has_vnni", "cpu_flags", "normalize_batch", "labels_from_logits",
+           "quantize_int8", "Int8Model", "onnx_session", "OnnxRunner", "cpu_has_vnni", "cpu_flags", "normalize_batch", "labels_from_logits",
            "DTYPES"]
 
 Mode = Literal["eager", "jit", "compile", "onnxruntime"]
@@ -392,8 +392,8 @@ def _quantize_onnxruntime(model: nn.Module, batches: list[Tensor], threads: int 
                           keep_fp32_ops: tuple[str, ...] = ()) -> Int8Model:
     import logging
 
-    import onnxruntime as ort
     import onnx
+    import onnxruntime as ort
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
