@@ -134,16 +134,17 @@ def _measure(build: Callable[[str], Any], make_segmenter: Callable[[Any], Any],
             labels[p].append(segs[p].predict(im))
             times[p].append(time.perf_counter() - t)
     ref = np.concatenate([x.ravel() for x in labels["fp32"]])
-    t32 = float(np.median(times["fp32"]))
+    # the fastest of the 4 runs: on a shared machine the minimum is the least disturbed by other load
+    t32 = float(np.min(times["fp32"]))
     best: tuple[str, Any] = ("fp32", backends["fp32"])
     best_t = t32
     for p in segs:
         if p == "fp32":
             continue
         agree = float((np.concatenate([x.ravel() for x in labels[p]]) == ref).mean())
-        tp = float(np.median(times[p]))
+        tp = float(np.min(times[p]))
         ok = agree >= MIN_AGREEMENT
-        notes.append(f"{p} {tp * 1000:.0f} ms vs fp32 {t32 * 1000:.0f} ms per sample image, "
+        notes.append(f"{p} {tp * 1000:.0f} ms vs fp32 {t32 * 1000:.0f} ms per sample image (best of 4), "
                      f"label agreement {agree * 100:.2f} %" + ("" if ok else f" < {MIN_AGREEMENT * 100:.1f} %"))
         if ok and tp < best_t:
             best, best_t = (p, backends[p]), tp
