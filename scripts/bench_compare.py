@@ -48,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import warnings
 
-    from fcnseg.bench import _fill_zero_layers, cpu_model_name, measure_gemm_rate, parse_size
+    from fcnseg.runtime.bench import _fill_zero_layers, cpu_model_name, measure_gemm_rate, parse_size
     from fcnseg.complexity import count_flops
-    from fcnseg.export import export_onnx, resolve_model
-    from fcnseg.fast import (cpu_has_vnni, default_threads, labels_from_logits, normalize_batch, onnx_session,
+    from fcnseg.runtime.export import export_onnx, resolve_model
+    from fcnseg.runtime.fast import (cpu_has_vnni, default_threads, labels_from_logits, normalize_batch, onnx_session,
                              optimize_for_inference, quantize_int8)
     from fcnseg.inference import UntrainedModelWarning
     from fcnseg.preprocess import normalize

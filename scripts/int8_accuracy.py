@@ -6,7 +6,7 @@
 
 WEIGHTS is anything ``fcnseg.inference.load_model`` accepts (a ``.safetensors`` weights
 file, a training checkpoint, a shipped model name). The int8 model is calibrated
-(post-training static quantisation, :func:`fcnseg.fast.quantize_int8`) on
+(post-training static quantisation, :func:`fcnseg.runtime.fast.quantize_int8`) on
 ``--calib-images`` images of ``--calib-split`` (spread evenly over it), never on the
 split that is scored. Both models score the same images with the reference metrics
 (:class:`fcnseg.metrics.ConfusionMatrix`); the script prints mean IoU, pixel accuracy,
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     from fcnseg.data import get_dataset
     from fcnseg.data.transforms import Normalize
     from fcnseg.errors import UserError
-    from fcnseg.export import resolve_model
-    from fcnseg.fast import cpu_has_vnni, default_threads, quantize_int8
+    from fcnseg.runtime.export import resolve_model
+    from fcnseg.runtime.fast import cpu_has_vnni, default_threads, quantize_int8
     from fcnseg.metrics import ConfusionMatrix
 
     try:

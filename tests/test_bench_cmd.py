@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fcnseg.bench import BenchConfig, format_report, measure_gemm_rate, parse_size, run_bench
+from fcnseg.runtime.bench import BenchConfig, format_report, measure_gemm_rate, parse_size, run_bench
 from fcnseg.cli.main import main
 
 TINY = ["--size", "32x48", "--warmup", "1", "--repeats", "2", "--gemm-size", "128", "--num-classes", "3", "-q",

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from fcnseg.dense import shift_and_stitch
+from fcnseg.analysis.dense import shift_and_stitch
 from fcnseg.errors import UserError
-from fcnseg.rarefy import RarefiedMaxPool2d, rarefy
+from fcnseg.analysis.rarefy import RarefiedMaxPool2d, rarefy
 
 
 def tiny_net(pad: int = 0, ceil: bool = False) -> nn.Sequential:

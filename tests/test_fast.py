@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fcnseg.fast import (cpu_has_vnni, depthwise_upsampling, fold_batchnorm, labels_from_logits, normalize_batch,
+from fcnseg.runtime.fast import (cpu_has_vnni, depthwise_upsampling, fold_batchnorm, labels_from_logits, normalize_batch,
                          optimize_for_inference, quantize_int8)
 from fcnseg.models import get_model
 from fcnseg.models.fcn import FCN

@@ -382,7 +382,7 @@ class Tiny(nn.Module):
 
 @pytest.fixture(scope="module")
 def tiny() -> Segmenter:
-    from fcnseg.inference.backends import TorchBackend
+    from fcnseg.runtime.backends import TorchBackend
 
     info = ModelInfo("tiny", None, 4, list("abcd"), np.zeros((4, 3), np.uint8), "imagenet")
     return Segmenter(TorchBackend(Tiny(), torch.device("cpu")), info, tile=64, overlap=64)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fcnseg.errors import UserError
-from fcnseg.sampling import loss_sampling_mask, masked_loss, sampled_loss
+from fcnseg.analysis.sampling import loss_sampling_mask, masked_loss, sampled_loss
 
 
 def _problem(n=1, k=3, h=3, w=5, seed=0):

@@ -9,7 +9,7 @@ import pytest
 
 from fcnseg.cli.main import main
 from fcnseg.errors import UserError
-from fcnseg.stats import DatasetStats, class_frequencies, compute_stats, median_frequency_weights
+from fcnseg.analysis.stats import DatasetStats, class_frequencies, compute_stats, median_frequency_weights
 
 
 class ToyDataset:

@@ -397,7 +397,7 @@ def test_transplant_widens_the_first_conv_for_early_fusion():
 
 
 def test_rarefy_is_reexported_from_surgery():
-    from fcnseg.rarefy import rarefy
+    from fcnseg.analysis.rarefy import rarefy
 
     net = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(1, 1, 3, padding=1))
     x = torch.randn(1, 1, 8, 8)

@@ -9,7 +9,7 @@ import pytest
 
 from fcnseg.cli.main import main
 from fcnseg.errors import UserError
-from fcnseg.upper_bound import (cell_centres, downsample_labels, parse_factors, reconstruct_labels,
+from fcnseg.analysis.upper_bound import (cell_centres, downsample_labels, parse_factors, reconstruct_labels,
                                 upper_bound)
 
 

@@ -12,7 +12,7 @@
   mean of the old ones, as the reference NYUD early-fusion net.
 * :func:`bilinear_kernel` / :func:`bilinear_init_` (re-exported from
   :mod:`fcnseg.models.layers`) make upsampling layers bilinear.
-* :func:`rarefy` (re-exported from :mod:`fcnseg.rarefy`) trades a layer's stride for
+* :func:`rarefy` (re-exported from :mod:`fcnseg.analysis.rarefy`) trades a layer's stride for
   dilation downstream (section 3.2's filter rarefaction).
 
 What transplanting guarantees (and what it does not)
@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from .errors import UserError
 from .models.layers import Upscore, bilinear_init_, bilinear_kernel, zero_init_
-from .rarefy import rarefy
+from .analysis.rarefy import rarefy
 
 __all__ = [
     "TransplantReport", "add_input_channels", "bilinear_init_", "bilinear_kernel", "change_num_classes",

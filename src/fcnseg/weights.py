@@ -64,3 +64,28 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise UserError(f"{path}: corrupt or truncated weights file ({exc})") from None
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     return state, meta
+
+
+def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in ``state`` (a state dict, or an optimiser state:
+    nested dicts and lists) that hold NaN or inf."""
+    bad: list[str] = []
+    if torch.is_tensor(state):
+        if state.is_floating_point() and not bool(torch.isfinite(state).all()):
+            bad.append(prefix or "tensor")
+    elif isinstance(state, dict):
+        for key, value in state.items():
+            bad += nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(state, (list, tuple)):
+        for i, value in enumerate(state):
+            bad += nonfinite_tensors(value, f"{prefix}[{i}]")
+    return bad
+
+
+def check_finite(state: Any, source: str) -> None:
+    """Refuse weights that hold NaN/inf: such a net outputs garbage (an all-zero label map)
+    without any other sign that something went wrong."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise UserError(f"{source}: {len(bad)} tensor(s) hold NaN or inf values, e.g. {bad[0]}; "
+                        "these weights come from a diverged run and are refused")

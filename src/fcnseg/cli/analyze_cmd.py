@@ -43,7 +43,7 @@ def format_upper_bound(results: dict[int, dict], class_names: list[str], per_cla
 
 def _run_upper_bound(args: argparse.Namespace) -> int:
     from ..data import get_dataset
-    from ..upper_bound import parse_factors, upper_bound
+    from ..analysis.upper_bound import parse_factors, upper_bound
 
     factors = parse_factors(args.factors)
     dataset = get_dataset(args.dataset, args.root, args.split)

@@ -56,7 +56,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import BenchConfig, format_report, parse_size, run_bench
+    from ..runtime.bench import BenchConfig, format_report, parse_size, run_bench
 
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")

@@ -260,7 +260,7 @@ def _resolve_device(name: str):
     """``auto`` (CUDA when there is one) or a device checked by the inference backend's rule."""
     import torch
 
-    from ..inference.backends import resolve_device
+    from ..runtime.backends import resolve_device
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

@@ -33,8 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import parse_size
-    from ..export import DEFAULT_CHECK_SIZES, export_model, resolve_model
+    from ..runtime.bench import parse_size
+    from ..runtime.export import DEFAULT_CHECK_SIZES, export_model, resolve_model
 
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num-classes must be >= 1, got {args.num_classes}")

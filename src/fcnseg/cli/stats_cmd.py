@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def format_table(summary: dict, title: str) -> str:
-    """The human-readable report of :meth:`fcnseg.stats.DatasetStats.to_dict`."""
+    """The human-readable report of :meth:`fcnseg.analysis.stats.DatasetStats.to_dict`."""
     total = summary["total_pixels"]
     ignored = summary["ignored_pixels"]
     share = 100.0 * ignored / total if total else 0.0
@@ -59,7 +59,7 @@ def format_table(summary: dict, title: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import get_dataset
-    from ..stats import compute_stats
+    from ..analysis.stats import compute_stats
 
     dataset = get_dataset(args.dataset, args.root, args.split)
     stats = compute_stats(dataset, progress=sys.stderr.isatty() and not args.json)

@@ -145,6 +145,9 @@ def _fit(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
             parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
         raise UserError(f"{source}: weights do not fit model {getattr(net, 'model_name', '?')}: "
                         + "; ".join(parts))
+    from ..weights import check_finite
+
+    check_finite(state, source)
     net.load_state_dict(state, strict=True)
 
 
@@ -259,12 +262,12 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
             For a registered architecture it sets the size of the (untrained) output.
         backend: ``torch`` or ``onnxruntime`` (default: onnxruntime for ``.onnx``, else torch).
         tile, overlap, tta: defaults for :meth:`Segmenter.predict` (see there).
-        optimize: run the torch backend through :func:`fcnseg.fast.optimize_for_inference`
+        optimize: run the torch backend through :func:`fcnseg.runtime.fast.optimize_for_inference`
             (BatchNorm folded, depthwise upsampling, channels-last; same logits within float
             rounding). ``False`` runs the plain eager module.
     """
     from ..models import list_models
-    from .backends import OnnxBackend, TorchBackend, resolve_device
+    from ..runtime.backends import OnnxBackend, TorchBackend, resolve_device
     from .predictor import Segmenter
 
     if backend not in (None, "torch", "onnxruntime"):

@@ -71,7 +71,7 @@ class TrainConfig:
     class_weights: Any = _f(None, "none, median_freq, sqrt_median_freq, or a list of weights")
     loss_sampling_p: float = _f(0.0, "drop each output-stride cell from the loss with this probability")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
-    nan_policy: str = _f("stop", "on NaN/inf loss: stop (with the step named) or skip the batch")
+    nan_policy: str = _f("stop", "on NaN/inf loss or gradients: stop (naming the step and the last good checkpoint) or skip the batch")
     # speed
     amp: str = _f("none", "mixed-precision autocast: none, fp16 (with loss scaling) or bf16; meant for CUDA, also runs on CPU")
     channels_last: bool = _f(False, "channels-last memory format")

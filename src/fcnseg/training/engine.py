@@ -96,6 +96,10 @@ class _StopRequested:
             signal.signal(sig, old)
 
 
+MIN_BN_VALUES = 16
+"""Fewer values per channel than this in a training-mode BatchNorm layer gets a warning."""
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, resume_state: dict[str, Any] | None = None) -> None:
         self.cfg = config
@@ -258,7 +262,7 @@ class Trainer:
                 raise UserError(f"class_weights has {len(cw)} values but there are {self.num_classes} classes")
             w = torch.tensor(cw, dtype=torch.float32)
         elif cw in ("median_freq", "sqrt_median_freq"):
-            from ..stats import median_frequency_weights
+            from ..analysis.stats import median_frequency_weights
 
             raw = self.train_set.transform
             self.train_set.transform = None
@@ -304,9 +308,26 @@ class Trainer:
         }
 
     def save(self, epoch: int, micro_in_epoch: int, name: str = "last.pt") -> None:
+        """Write a checkpoint, unless the weights or optimiser state went non-finite: a good
+        checkpoint is never replaced by a diverged one (every process checks, so all stop)."""
+        from ..weights import nonfinite_tensors
+
+        bad = nonfinite_tensors({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()})
+        if bad:
+            self.log({"type": "nan", "step": self.step, "tensor": bad[0]})
+            raise UserError(f"{len(bad)} weight/optimiser tensor(s) became NaN or inf by step {self.step} "
+                            f"(e.g. {bad[0]}); {name} was not written. {self._last_good()}")
         if self.main:
             save_checkpoint(self.state(epoch, micro_in_epoch), self.run_dir / name)
+        if name == "last.pt":
+            self.last_saved_step = self.step
         barrier()
+
+    def _last_good(self) -> str:
+        """Where a run that has to stop can continue from, for its error message."""
+        if self.last_saved_step is None:
+            return "No checkpoint was written by this run."
+        return f"The last good checkpoint is {self.run_dir / 'last.pt'} (step {self.last_saved_step})."
 
     # ------------------------------------------------------------------ logging
     def log(self, row: dict[str, Any]) -> None:
@@ -374,6 +395,8 @@ class Trainer:
         self._build_optimizer()
         self.weight = self._class_weights()
         self.step, self.best_miou, self.best_step, self.last_val_step = 0, -1.0, -1, -1
+        self.last_saved_step: int | None = None
+        self._bn_checked = False
         start_epoch, start_micro = 0, 0
         if self.resume_state is not None:
             st = self.resume_state
@@ -384,6 +407,7 @@ class Trainer:
             _set_rng_state(st["rng"])
             pos = st["position"]
             start_epoch, start_micro, self.step = pos["epoch"], pos["micro_in_epoch"], pos["step"]
+            self.last_saved_step = self.step
             self.best_miou, self.best_step = st["best"]["mean_iou"], st["best"]["step"]
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.tb = None
@@ -471,11 +495,14 @@ class Trainer:
                 continue
             x = self._inputs(batch)
             y = self._targets(batch)
+            bn_probe = None if self._bn_checked else self._probe_bn_statistics()
             sync = micro % accum == 0
             ctx = model.no_sync() if (self.world > 1 and not sync) else nullcontext()
             with ctx:
                 with self.autocast():
                     out = model(x)
+                if bn_probe is not None:
+                    self._warn_small_bn_statistics(*bn_probe)
                 loss = self._loss(out, y) / accum
                 self.scaler.scale(loss).backward()
             loss_acc += float(loss.detach()) * accum
@@ -483,7 +510,7 @@ class Trainer:
             seen += batch["label"].shape[0] * self.world
             if not sync:
                 continue
-            if not self._finite_step(loss_acc / max(n_acc, 1)):
+            if not self._finite_step(loss_acc / max(n_acc, 1)) or not self._finite_gradients():
                 self.optimizer.zero_grad(set_to_none=True)
                 loss_acc, n_acc = 0.0, 0
                 continue
@@ -553,9 +580,9 @@ class Trainer:
             return sum(segmentation_loss(out[h], y[h], **{**common, "weight": common["weight"] if h == main else None})
                        for h in out)
         if cfg.loss_sampling_p > 0:
-            from ..sampling import sampled_loss
+            from ..analysis.sampling import sampled_loss
 
-            # Unbiased patch sampling: kept cells rescaled by 1/(1-p) (see fcnseg.sampling).
+            # Unbiased patch sampling: kept cells rescaled by 1/(1-p) (see fcnseg.analysis.sampling).
             return sampled_loss(out, y, cfg.loss_sampling_p, getattr(self.model, "output_stride", 32),
                                 ignore_index=255, weight=self.weight, normalize=cfg.loss_normalize)
         return segmentation_loss(out, y, **common)
@@ -563,14 +590,63 @@ class Trainer:
     def _finite_step(self, loss_value: float) -> bool:
         if math.isfinite(loss_value):
             return True
-        msg = f"non-finite loss ({loss_value}) at step {self.step + 1}"
+        return self._non_finite(f"non-finite loss ({loss_value})", {"loss": str(loss_value)})
+
+    def _finite_gradients(self) -> bool:
+        """A finite loss can still have NaN/inf gradients (an overflow inside the backward
+        pass); stepping on them would turn every weight into NaN. The fp16 loss scaler already
+        skips such steps by design, so only unscaled runs are checked here."""
+        if self.scaler.is_enabled():
+            return True
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return True
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        if bool(torch.isfinite(norm)):
+            return True
+        return self._non_finite("non-finite gradients", {"grad_norm": str(norm.item())})
+
+    def _non_finite(self, what: str, row: dict[str, Any]) -> bool:
+        msg = f"{what} at step {self.step + 1}"
         if self.cfg.nan_policy == "skip":
-            self.log({"type": "skipped", "step": self.step + 1, "loss": str(loss_value)})
+            self.log({"type": "skipped", "step": self.step + 1, **row})
             tqdm_write(msg + ": batch skipped")
             return False
-        self.log({"type": "nan", "step": self.step + 1, "loss": str(loss_value)})
-        raise UserError(msg + "; training stopped (lower the lr, or set nan_policy: skip). "
-                        f"The last checkpoint is in {self.run_dir}")
+        self.log({"type": "nan", "step": self.step + 1, **row})
+        raise UserError(msg + "; training stopped (lower the lr, or set nan_policy: skip). " + self._last_good())
+
+    def _probe_bn_statistics(self) -> tuple[list[tuple[int, str]], list[Any]]:
+        """Hooks that record, during the first training forward, how many values per channel
+        each training-mode BatchNorm layer normalises over (no extra forward: that would move
+        the RNG and the running statistics, and resumed runs must stay bit-exact)."""
+        self._bn_checked = True
+        counts: list[tuple[int, str]] = []
+        hooks = []
+        for name, module in self.model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+                hooks.append(module.register_forward_pre_hook(
+                    lambda m, inp, name=name: counts.append((inp[0].numel() // max(inp[0].shape[1], 1), name))))
+        return counts, hooks
+
+    def _warn_small_bn_statistics(self, counts: list[tuple[int, str]], hooks: list[Any]) -> None:
+        """Warn once when a BatchNorm layer in training mode normalises over very few values
+        per channel (batch x height x width of its input). Its batch statistics are then noise,
+        and where they nearly vanish its backward pass multiplies gradients by up to
+        gamma/sqrt(eps) (~32 for eps 1e-3): over the ~40 BatchNorm layers of a Lite0 trunk at 1x1
+        maps the gradient overflows, and where exactly depends on the CPU's rounding
+        (measured: batch 2 of 24x32 crops, 2 values per channel at stride 32, grad norms
+        1e3..1e16, NaN by step 7 on one CPU and not on another). Frozen statistics are stable."""
+        for h in hooks:
+            h.remove()
+        if counts:
+            n, name = min(counts)
+            n *= self.world  # SyncBatchNorm or not, say what one step sees in all
+            if n < MIN_BN_VALUES:
+                msg = (f"warning: BatchNorm layer {name} normalises over only {n} value(s) per channel "
+                       f"(batch x map size at its stride); its statistics are noise and training may "
+                       f"diverge. Set freeze_bn: true, or use a larger batch_size or crop_size")
+                self.log({"type": "warning", "step": self.step, "message": msg})
+                tqdm_write(msg)
 
 
 def tqdm_write(msg: str) -> None:
@@ -591,8 +667,13 @@ def _read_state(path: str) -> dict[str, torch.Tensor]:
     if p.suffix == ".safetensors":
         from ..weights import load_weights
 
-        return load_weights(p)[0]
-    return load_checkpoint(p)["model"]
+        state = load_weights(p)[0]
+    else:
+        state = load_checkpoint(p)["model"]
+    from ..weights import check_finite
+
+    check_finite(state, str(p))
+    return state
 
 
 def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -602,6 +683,9 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> dict
     if not ckpt.is_file():
         raise UserError(f"{run_dir}: no last.pt checkpoint to resume from")
     state = load_checkpoint(ckpt)
+    from ..weights import check_finite
+
+    check_finite({"model": state["model"], "optimizer": state["optimizer"]}, str(ckpt))
     data = dict(state["config"])
     for key, value in (overrides or {}).items():
         if key not in RESUMABLE_OVERRIDES and data.get(key) != value:

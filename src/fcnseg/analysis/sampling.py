@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["loss_sampling_mask", "masked_loss", "sampled_loss"]
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["BenchConfig", "run_bench", "format_report", "measure_gemm_rate", "parse_size", "cpu_model_name"]
 
@@ -220,11 +220,11 @@ def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, th
 # --------------------------------------------------------------------------- the run
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Benchmark ``cfg.model`` as configured; returns every figure as a JSON-ready dict."""
-    from .complexity import count_flops, count_params, input_channels
+    from ..complexity import count_flops, count_params, input_channels
     from .export import resolve_model
     from .fast import cpu_has_vnni, default_threads, labels_from_logits, normalize_batch
-    from .inference import UntrainedModelWarning
-    from .preprocess import get_normalization, normalize
+    from ..inference import UntrainedModelWarning
+    from ..preprocess import get_normalization, normalize
 
     say = progress or (lambda _msg: None)
     if cfg.batch < 1 or cfg.repeats < 1 or cfg.warmup < 0:
@@ -235,7 +235,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
         raise UserError(f"unknown --backend {cfg.backend!r}; expected torch or onnxruntime")
     if cfg.end_to_end and cfg.batch != 1:
         raise UserError("--end-to-end times one decoded image at a time; use --batch 1")
-    from .inference.backends import resolve_device
+    from .backends import resolve_device
 
     device = resolve_device(cfg.device)
     threads = cfg.threads or default_threads()

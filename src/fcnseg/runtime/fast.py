@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["fold_batchnorm", "depthwise_upsampling", "optimize_for_inference", "FastModel",
            "quantize_int8", "Int8Model", "onnx_session", "OnnxRunner", "cpu_has_vnni", "cpu_flags", "normalize_batch", "labels_from_logits",
@@ -271,7 +271,7 @@ def normalize_batch(image: np.ndarray | Tensor, preset: Any, *, channels_last: b
     layout copy is made before or after the arithmetic. Equal to
     :func:`fcnseg.preprocess.normalize` (same multiply-add).
     """
-    from .preprocess import get_normalization
+    from ..preprocess import get_normalization
 
     norm = get_normalization(preset)
     t = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image

@@ -3,7 +3,7 @@
 A net with output stride ``s`` samples its input every ``s`` pixels. Running it on
 ``f x f`` shifted copies of the input and interlacing the outputs fills in the
 samples in between, making the output ``f`` times denser without changing the net.
-It costs ``f**2`` forward passes; filter rarefaction (:func:`fcnseg.rarefy.rarefy`)
+It costs ``f**2`` forward passes; filter rarefaction (:func:`fcnseg.analysis.rarefy.rarefy`)
 computes the same output in one.
 
 Shift and crop convention (chosen so that the stitched map lines up sample for
@@ -33,7 +33,7 @@ from typing import Callable
 
 from torch import Tensor
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["shift_and_stitch"]
 

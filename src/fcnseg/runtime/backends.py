@@ -1,7 +1,7 @@
 """Execution backends: a callable from a normalised ``N x 3 x H x W`` batch to logits.
 
 ``TorchBackend`` runs an ``nn.Module`` in eval mode under ``torch.inference_mode``,
-by default through :func:`fcnseg.fast.optimize_for_inference` (BatchNorm folded,
+by default through :func:`fcnseg.runtime.fast.optimize_for_inference` (BatchNorm folded,
 depthwise bilinear upsampling, channels-last: the same logits within float rounding,
 measured 1.5-1.7x faster end to end for the shipped Lite0 model on CPU, see
 docs/performance.md); the optimised copy is made on the first call (it holds its own
@@ -65,7 +65,7 @@ class TorchBackend:
         if not self.optimize:
             return self.net
         if self._fast is None:
-            from ..fast import optimize_for_inference
+            from .fast import optimize_for_inference
 
             self._fast = optimize_for_inference(self.net, mode="eager", channels_last=True)
         return self._fast

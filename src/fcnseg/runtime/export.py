@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .complexity import input_channels
-from .errors import UserError
+from ..complexity import input_channels
+from ..errors import UserError
 
 __all__ = ["FORMATS", "ExportResult", "resolve_model", "export_model", "export_onnx", "export_torchscript",
            "export_program", "load_exported", "compare_outputs", "META_FILE"]
@@ -73,7 +73,7 @@ def resolve_model(name_or_path: str | Path, num_classes: int | None = None) -> t
     ``fcnseg predict`` accepts works here too. ONNX files are refused: they hold no
     PyTorch module to export or optimise.
     """
-    from .inference import load_model
+    from ..inference import load_model
 
     text = str(name_or_path)
     if text.lower().endswith(".onnx"):

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["DatasetStats", "compute_stats", "class_frequencies", "median_frequency_weights",
            "iter_labels"]

@@ -26,8 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import UserError
-from .metrics import ConfusionMatrix
+from ..errors import UserError
+from ..metrics import ConfusionMatrix
 from .stats import iter_labels
 
 __all__ = ["cell_centres", "downsample_labels", "upsample_labels", "reconstruct_labels",

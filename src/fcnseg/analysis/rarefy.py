@@ -5,7 +5,7 @@ its output, and every map after it, ``f`` times denser. The layers after it keep
 computing the same function if their filters are *rarefied*: each tap spread ``f``
 samples apart (dilation x ``f``, padding x ``f``), so that they read the samples the
 original filter read and skip the new in-between ones. The paper shows this is the
-shift-and-stitch trick computed in one pass (:func:`fcnseg.dense.shift_and_stitch`);
+shift-and-stitch trick computed in one pass (:func:`fcnseg.analysis.dense.shift_and_stitch`);
 the tests prove both that and that the rarefied net equals the original at the
 original sampling positions (``dense[..., ::f, ::f] == original``).
 
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["rarefy", "RarefiedMaxPool2d"]
 
@@ -112,7 +112,7 @@ class RarefiedMaxPool2d(nn.Module):
 
     def layer_specs(self):
         """Geometry for :mod:`fcnseg.models.geometry` (receptive fields, coordinate maps)."""
-        from .models.geometry import LayerSpec
+        from ..models.geometry import LayerSpec
 
         yield LayerSpec(kernel=self.kernel_size[0], stride=self.stride[0], pad=self.padding[0],
                         dilation=self.dilation[0])
