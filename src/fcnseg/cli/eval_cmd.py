@@ -50,6 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra data-set option (YAML value), e.g. year=2011, classes=my.yaml, "
                         "modalities=[image,hha] (a multi-input model sets modalities itself); repeatable")
+    p.add_argument("--per-sequence", action="store_true",
+                   help="also score each sequence (CamVid drive: the file-name prefix) on its own, in the "
+                        "table and in --json (per_sequence)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -129,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", UserWarning)  # DataLoader chatter; real problems are UserErrors
         result = evaluate(model, dataset, device=device, normalization=norm, progress=not args.quiet,
                           batch_size=args.batch_size, num_workers=args.workers, skip_bad=args.skip_bad,
-                          amp=args.amp, limit=args.limit, tta=tta)
+                          amp=args.amp, limit=args.limit, tta=tta, per_sequence=args.per_sequence)
     total = result.num_images + len(result.skipped)
     if result.num_images == 0:
         raise UserError(f"all {total} images of {dataset_name} {args.split} were bad; nothing to score")
@@ -150,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
     for head, (cm, names) in result.heads.items():
         print()
         print(format_table(cm.compute(), names, f"head {head!r}"))
+    if result.sequences:
+        print()
+        print(result.sequence_table())
     if result.skipped:
         print(f"fcnseg eval: skipped {len(result.skipped)} of {total} images (bad input)", file=sys.stderr)
 

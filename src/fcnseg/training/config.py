@@ -48,6 +48,9 @@ class TrainConfig:
     scale_range: list | None = _f(None, "random scale [min, max]; none = no scaling")
     flip: bool = _f(False, "random horizontal flips")
     color_jitter: bool = _f(False, "random brightness/contrast/saturation")
+    photometric: dict | None = _f(None, "appearance augmentation after color_jitter, e.g. {brightness: 0.3, "
+                                  "contrast: 0.3, saturation: 0.3, hue: 0.05, gamma: 0.3, blur_p: 0.2, "
+                                  "blur_sigma: [0.5, 1.5]}; keys left out are off (fcnseg.data.transforms.Photometric)")
     workers: int = _f(2, "data loader worker processes")
     # optimisation
     epochs: int = _f(1, "number of passes over the training set")
@@ -120,6 +123,19 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise UserError(f"{source}: {msg}")
+        if self.photometric is not None:
+            from ..data.transforms import Photometric
+
+            if not isinstance(self.photometric, dict):
+                raise UserError(f"{source}: photometric must be a mapping such as {{hue: 0.05, gamma: 0.3}}, "
+                                f"got {self.photometric!r}")
+            try:
+                Photometric(**self.photometric)
+            except TypeError:
+                raise UserError(f"{source}: photometric options are brightness, contrast, saturation, hue, gamma, "
+                                f"blur_p, blur_sigma; got {', '.join(map(str, self.photometric))}") from None
+            except ValueError as exc:
+                raise UserError(f"{source}: {exc}") from None
 
 
 def _type_of(f: dataclasses.Field) -> Any:
