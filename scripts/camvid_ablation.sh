@@ -4,13 +4,16 @@
 # Short runs because a CPU affords them; the 40-epoch stage-1 run is the schedule ablation.
 #
 #   bash scripts/camvid_ablation.sh VARIANT [extra fcnseg-train options]
-#   VARIANT: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip
+#   VARIANT: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric
+#
+# Held-out-sequence fold (docs/results.md): add e.g.
+#   --train-split train-minus-0006R0 --val-split train-only-0006R0 --run-dir runs/heldout-0006R0-VARIANT
 #
 # Runs land in runs/ablate-VARIANT; resume an interrupted one with
 #   fcnseg train --resume runs/ablate-VARIANT
 # and read the result with `fcnseg plot` or the last "val" line of its log.jsonl.
 set -euo pipefail
-variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip}
+variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric}
 shift
 case "$variant" in
   ref)              change=() ;;
@@ -19,6 +22,7 @@ case "$variant" in
   no-scale-aug)     change=(--scale-range none) ;;
   bilinear-skip)    change=(--model-options '{learnable_upsampling: false}') ;;
   no-skip)          change=(--model fcn32s_lite0 --model-options '{}') ;;
+  photometric)      change=(--photometric '{brightness: 0.3, contrast: 0.3, saturation: 0.3, hue: 0.05, gamma: 0.3, blur_p: 0.2, blur_sigma: [0.5, 1.5]}') ;;
   *) echo "unknown variant: $variant" >&2; exit 2 ;;
 esac
 exec fcnseg train configs/camvid-fcn8s-lite0.yaml --epochs 10 --val-every 5 \

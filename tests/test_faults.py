@@ -80,6 +80,21 @@ def test_valid_values_are_converted_to_the_declared_types(tmp_path, data_root):
         TrainConfig.from_dict({"momentum": 1.0})
 
 
+def test_photometric_knobs_are_checked_with_the_other_options():
+    """photometric (issue 15) goes through the same one-error-for-all validation: each knob's type
+    and range named, numeric strings converted, alongside the other options' problems."""
+    with pytest.raises(UserError) as info:
+        load_config(None, {"photometric": "{hue: 0.9, gamma: abc, blur_sigma: 3, blur_p: true}", "epochs": "x"})
+    line = str(info.value)
+    assert "\n" not in line and "2 invalid options" in line
+    for needle in ("photometric hue must be in [0, 0.5], got 0.9", "photometric gamma: expected a number, got 'abc'",
+                   "photometric blur_sigma: expected a list of 2 numbers", "photometric blur_p: expected a number",
+                   "epochs: expected an integer"):
+        assert needle in line
+    cfg = load_config(None, {"photometric": "{hue: '0.1', blur_sigma: [1, 2]}"})
+    assert cfg.photometric == {"hue": 0.1, "blur_sigma": [1.0, 2.0]}
+
+
 def test_every_field_declares_its_type_and_non_string_fields_a_range_or_choice():
     """The declaration is the single source: a new numeric option without a range is caught here."""
     import dataclasses

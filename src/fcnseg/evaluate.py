@@ -5,6 +5,11 @@ are the arg-max of the scores, and one confusion matrix accumulates over the spl
 Images of equal size are batched; ``skip_bad`` logs unreadable or inconsistent
 samples and goes on, reporting how many were skipped. Under ``torch.distributed``
 each rank scores every ``world``-th image and the matrices are summed.
+
+``per_sequence=True`` also keeps one matrix per sequence (data sets with a
+``sequence_of(i)`` method: CamVid's drives, the file-name prefix), because a
+split-wide score hides how a model does on a scene it never saw; see the
+held-out-sequence protocol in ``docs/results.md``.
 """
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ class EvalResult:
     seconds: float = 0.0
     #: extra heads (SIFT Flow's geometric labels): head name -> (matrix, class names)
     heads: dict[str, tuple[ConfusionMatrix, list[str]]] = field(default_factory=dict)
+    #: with ``per_sequence=True``: sequence -> (its matrix, its scored image count), in split order
+    sequences: dict[str, tuple[ConfusionMatrix, int]] = field(default_factory=dict)
 
     @property
     def scores(self) -> dict[str, Any]:
@@ -59,27 +66,45 @@ class EvalResult:
                     "seconds": self.seconds})
         if self.heads:
             out["heads"] = {name: one(cm, names) for name, (cm, names) in self.heads.items()}
+        if self.sequences:
+            out["per_sequence"] = {seq: {"images": n, **one(cm, self.class_names)}
+                                   for seq, (cm, n) in self.sequences.items()}
         return out
+
+    def sequence_table(self) -> str:
+        """One row per sequence (and the whole split): images and the four metrics, in percent."""
+        def pct(v: float) -> str:
+            return "    -" if v != v else f"{100 * v:5.1f}"
+
+        width = max([len(q) for q in self.sequences] + [8])
+        lines = [f"{'sequence':<{width}} {'images':>6} {'pixel acc':>9} {'mean acc':>8} {'mean IoU':>8} {'fw IoU':>6}"]
+        rows = [(q, cm, n) for q, (cm, n) in self.sequences.items()] + [("all", self.confusion, self.num_images)]
+        for q, cm, n in rows:
+            sc = cm.compute()
+            lines.append(f"{q:<{width}} {n:>6} {pct(sc['pixel_acc']):>9} {pct(sc['mean_acc']):>8} "
+                         f"{pct(sc['mean_iou']):>8} {pct(sc['fw_iou']):>6}")
+        return "\n".join(lines)
 
 
 class _Guarded(Dataset):
     """Wraps a data set so a bad sample comes back as ``{"_error": message}`` (also from workers,
     where an exception would lose its one-line message)."""
 
-    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
-        self.dataset, self.indices = dataset, indices
+    def __init__(self, dataset: Dataset, indices: list[int], sequence_of: Any = None) -> None:
+        self.dataset, self.indices, self.sequence_of = dataset, indices, sequence_of
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
+        tag = {} if self.sequence_of is None else {"_sequence": self.sequence_of(self.indices[k])}
         try:
             sample = self.dataset[self.indices[k]]
         except UserError as exc:
-            return {"_error": str(exc)}
+            return {"_error": str(exc), **tag}
         if sample is None:  # a skip_bad data set already logged it
-            return {"_error": f"sample {self.indices[k]} skipped by the data set"}
-        return sample
+            return {"_error": f"sample {self.indices[k]} skipped by the data set", **tag}
+        return {**sample, **tag}
 
 
 def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -116,7 +141,8 @@ def _groups(samples: list[dict[str, Any]], batch_size: int) -> Iterator[list[dic
 def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
              normalization: str | None = None, progress: bool = True, batch_size: int = 1,
              num_workers: int = 0, skip_bad: bool = False, flip: bool = False,
-             amp: bool = False, limit: int | None = None, tta: Any = None) -> EvalResult:
+             amp: bool = False, limit: int | None = None, tta: Any = None,
+             per_sequence: bool = False) -> EvalResult:
     """Run ``model`` over every sample of ``dataset`` and score it.
 
     Args:
@@ -134,6 +160,8 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
             ``Segmenter.predict(tta=...)`` and ``fcnseg predict --tta`` do.
         amp: autocast (bfloat16 on CPU, float16 on CUDA).
         limit: score only the first ``limit`` images (quick checks).
+        per_sequence: also score each sequence on its own (``EvalResult.sequences``); the
+            data set must say which sequence each sample is from (``sequence_of(i)``, CamVid).
     """
     from .data.transforms import eval_transforms
     from .inference.tta import parse_tta, tta_probs
@@ -159,15 +187,27 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     indices = list(range(rank, n, world))
+    sequence_of = None
+    seq_cms: dict[str, ConfusionMatrix] = {}
+    seq_images: dict[str, int] = {}
+    if per_sequence:
+        sequence_of = getattr(dataset, "sequence_of", None)
+        if not callable(sequence_of):
+            raise UserError(f"per-sequence scores need a data set that knows its sequences (camvid); "
+                            f"the {getattr(dataset, 'name', type(dataset).__name__)} data set does not")
+        for i in range(n):  # every rank makes the same matrices, in split order, for all_reduce
+            q = sequence_of(i)
+            seq_images[q] = seq_images.get(q, 0) + 1
 
     was_training = model.training
     model.eval()
     model.to(dev)
     cm = ConfusionMatrix(num_classes, ignore_index=dataset.ignore_index).to(dev)
+    seq_cms = {q: ConfusionMatrix(num_classes, ignore_index=dataset.ignore_index).to(dev) for q in seq_images}
     heads: dict[str, tuple[ConfusionMatrix, list[str]]] = {}
     skipped: list[str] = []
     main_head = getattr(model, "main_head", None)
-    loader = DataLoader(_Guarded(dataset, indices), batch_size=max(1, batch_size), shuffle=False,
+    loader = DataLoader(_Guarded(dataset, indices, sequence_of), batch_size=max(1, batch_size), shuffle=False,
                         num_workers=num_workers, collate_fn=_as_list)
     autocast_dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
     start = time.perf_counter()
@@ -186,6 +226,8 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
                     log.warning("skipped: %s", s["_error"])
                     bar.write(f"skipped: {s['_error']}")
                     skipped.append(s["_error"])
+                    if "_sequence" in s:
+                        seq_images[s["_sequence"]] -= 1
                 else:
                     good.append(s)
             for group in _groups(good, max(1, batch_size)):
@@ -199,6 +241,9 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
                     if is_main:
                         target = torch.stack([s["label"] for s in group]).to(dev)
                         _update(cm, pred, target, group)
+                        for j, s in enumerate(group):
+                            if "_sequence" in s:
+                                _update(seq_cms[s["_sequence"]], pred[j:j + 1], target[j:j + 1], [s])
                     else:
                         key = f"label_{head}"
                         if key not in group[0]:
@@ -216,13 +261,18 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
     cm.all_reduce()
     for h_cm, _ in heads.values():
         h_cm.all_reduce()
+    for q_cm in seq_cms.values():
+        q_cm.all_reduce()
     cm.to("cpu")
     for h_cm, _ in heads.values():
         h_cm.to("cpu")
+    for q_cm in seq_cms.values():
+        q_cm.to("cpu")
     if skipped:
         log.warning("%d of %d images skipped", len(skipped), len(indices))
     return EvalResult(cm, list(dataset.class_names), num_images=len(indices) - len(skipped), skipped=skipped,
-                      seconds=time.perf_counter() - start, heads=heads)
+                      seconds=time.perf_counter() - start, heads=heads,
+                      sequences={q: (seq_cms[q], seq_images[q]) for q in seq_cms})
 
 
 def _update(cm: ConfusionMatrix, pred: Tensor, target: Tensor, group: list[dict[str, Any]]) -> None:

@@ -22,10 +22,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="architecture name, shipped model name, or a .safetensors / .pt weights file")
     p.add_argument("--size", default="500x500", help="input height x width (default 500x500)")
     p.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16", "int8"), default="fp32",
-                   help="precision: fp16 (CUDA), bf16, or int8 (CPU, post-training static quantisation, "
-                        "calibrated on random inputs: speed only; see scripts/int8_accuracy.py for accuracy)")
+    p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default: auto, CUDA when present)")
+    p.add_argument("--precision", "--dtype", dest="dtype", choices=("auto", "fp32", "fp16", "bf16", "int8"),
+                   default=None,
+                   help="auto (default, or $FCNSEG_PRECISION): the lower precisions this device runs well "
+                        "(bf16 with AMX/avx512_bf16, fp16 on CUDA; see docs/performance.md) timed against fp32, "
+                        "the fastest benchmarked, printed with the reason; fp32; fp16 (CUDA); bf16; int8 (CPU, "
+                        "post-training static quantisation calibrated on random inputs: speed only). "
+                        "--dtype is the old name")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                    help="execution engine (onnxruntime: exported to ONNX in a temporary folder first)")
     p.add_argument("--baseline", action="store_true",

@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--tta", default=None, metavar="SPEC",
                    help="test-time augmentation as in `fcnseg predict --tta`, e.g. flip,scales=0.75,1,1.25 "
                         "(probabilities of all views averaged)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="fp32",
+                   help="inference precision (default fp32: exact scores; auto: the fastest accurate path of "
+                        "this machine, as predict uses; int8: CPU, calibrated on the shipped CamVid samples)")
     p.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N images")
     p.add_argument("--normalization", choices=["caffe", "imagenet"], default=None,
@@ -47,6 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra data-set option (YAML value), e.g. year=2011, classes=my.yaml, "
                         "modalities=[image,hha] (a multi-input model sets modalities itself); repeatable")
+    p.add_argument("--per-sequence", action="store_true",
+                   help="also score each sequence (CamVid drive: the file-name prefix) on its own, in the "
+                        "table and in --json (per_sequence)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help="pixel limit for images (default Pillow's 89478485): above it a note, above twice it "
@@ -108,28 +114,30 @@ def run(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     options = _parse_options(args.dataset_option)
 
-    segmenter = _load(args.model, device)
+    segmenter = _load(args.model, device, precision=args.precision)
     dataset_name = args.dataset or segmenter.info.meta.get("dataset")
     if not dataset_name:
         raise UserError(f"{args.model}: no data set recorded with this model; pass --dataset")
     options = {**_input_options(segmenter.net, dataset_name), **options}
     dataset = get_dataset(dataset_name, args.root, args.split, **options)
     if not segmenter.trained and segmenter.num_classes != dataset.num_classes:
-        segmenter = _load(args.model, device, num_classes=dataset.num_classes)  # size the untrained output
+        segmenter = _load(args.model, device, num_classes=dataset.num_classes,  # size the untrained output
+                          precision=args.precision)
     if not segmenter.trained:
         print(f"fcnseg eval: warning: {args.model!r} is an untrained architecture; expect near-chance scores",
               file=sys.stderr)
     elif segmenter.num_classes != dataset.num_classes:
         raise UserError(f"{args.model}: the model predicts {segmenter.num_classes} classes but the data set has "
                         f"{dataset.num_classes}; evaluate it on the data set it was trained for")
-    model = segmenter.net
+    # fp32: the plain module (exact scores); another precision: the module that runs it
+    model = segmenter.net if args.precision == "fp32" else segmenter._run.runner
     norm = args.normalization or segmenter.normalization
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # DataLoader chatter; real problems are UserErrors
         result = evaluate(model, dataset, device=device, normalization=norm,
                           progress=not args.quiet and sys.stderr.isatty(),
                           batch_size=args.batch_size, num_workers=args.workers, skip_bad=args.skip_bad,
-                          amp=args.amp, limit=args.limit, tta=tta)
+                          amp=args.amp, limit=args.limit, tta=tta, per_sequence=args.per_sequence)
     total = result.num_images + len(result.skipped)
     if result.num_images == 0:
         raise UserError(f"all {total} images of {dataset_name} {args.split} were bad; nothing to score")
@@ -162,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
     for head, (cm, names) in result.heads.items():
         print()
         print(format_table(cm.compute(), names, f"head {head!r}"))
+    if result.sequences:
+        print()
+        print(result.sequence_table())
     if result.skipped:
         print(f"fcnseg eval: skipped {len(result.skipped)} of {total} images (bad input)", file=sys.stderr)
 
@@ -242,14 +253,14 @@ def save_confusion_figure(mat: Any, class_names: list[str], path: Path, title: s
 
 
 # --------------------------------------------------------------------------- model resolution
-def _load(spec: str, device, num_classes: int | None = None):
+def _load(spec: str, device, num_classes: int | None = None, precision: str = "fp32"):
     """The model through :func:`fcnseg.inference.load_model` (one resolution rule for predict and
     eval); eval scores the PyTorch net itself, so an ONNX file is refused here."""
     from ..inference import UntrainedModelWarning, load_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedModelWarning)  # eval prints its own one-line warning
-        segmenter = load_model(spec, device=device, num_classes=num_classes)
+        segmenter = load_model(spec, device=device, num_classes=num_classes, precision=precision)
     if segmenter.net is None:
         raise UserError(f"{spec}: fcnseg eval runs PyTorch models (a model name, .safetensors or .pt); "
                         f"an {segmenter.backend} model can be used with fcnseg predict")

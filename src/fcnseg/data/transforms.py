@@ -32,7 +32,8 @@ from .base import IGNORE_INDEX
 Sample = dict[str, Any]
 
 __all__ = [
-    "Compose", "RandomScale", "RandomCrop", "RandomHorizontalFlip", "ColorJitter", "Normalize", "Resize",
+    "Compose", "RandomScale", "RandomCrop", "RandomHorizontalFlip", "ColorJitter", "Photometric", "Normalize",
+    "Resize",
     "train_transforms", "eval_transforms", "pad_fill", "is_label_key",
 ]
 
@@ -243,6 +244,91 @@ class ColorJitter:
         return f"ColorJitter({self.brightness}, {self.contrast}, {self.saturation})"
 
 
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float64)
+_YIQ_INV = np.linalg.inv(_YIQ)
+
+
+class Photometric:
+    """Appearance shift: brightness, contrast, saturation, hue, gamma and blur (image only).
+
+    Why: a drive the model never saw differs from the training drives mostly in
+    light, camera response and sharpness, not in geometry; these are the knobs that
+    change those and leave every label where it is. Each factor is drawn per sample
+    (from ``sample["rng"]``, so it is a pure function of (seed, epoch, index)):
+    brightness, contrast and saturation multiply by ``U(1-x, 1+x)``; ``hue`` rotates
+    the chroma plane (YIQ) by ``U(-hue, hue)`` of a full turn; ``gamma`` maps
+    ``v -> 255 (v/255)^g`` with ``g`` log-uniform in ``[1/(1+gamma), 1+gamma]``; with
+    probability ``blur_p`` a Gaussian blur of sigma ``U(*blur_sigma)`` pixels follows.
+    A value of 0 turns that knob off. All random numbers are drawn every time, in a
+    fixed order, so turning one knob on does not change the draws of the others.
+    """
+
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0,
+                 gamma: float = 0.0, blur_p: float = 0.0, blur_sigma: Sequence[float] = (0.5, 1.5),
+                 seed: int | None = None, generator: np.random.Generator | None = None) -> None:
+        for name, v, hi in (("brightness", brightness, 1.0), ("contrast", contrast, 1.0),
+                            ("saturation", saturation, 1.0), ("hue", hue, 0.5), ("blur_p", blur_p, 1.0)):
+            if not 0.0 <= float(v) <= hi:
+                raise ValueError(f"photometric {name} must be in [0, {hi}], got {v}")
+        if float(gamma) < 0:
+            raise ValueError(f"photometric gamma must be >= 0, got {gamma}")
+        if len(blur_sigma) != 2 or not 0 < float(blur_sigma[0]) <= float(blur_sigma[1]):
+            raise ValueError(f"photometric blur_sigma must be [min, max] with 0 < min <= max, got {list(blur_sigma)}")
+        self.brightness, self.contrast, self.saturation = float(brightness), float(contrast), float(saturation)
+        self.hue, self.gamma, self.blur_p = float(hue), float(gamma), float(blur_p)
+        self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
+        self.rng = _make_rng(seed, generator)
+
+    def draw(self, rng: np.random.Generator) -> dict[str, float]:
+        """The factors for one sample (always six uniforms and one coin, in this order)."""
+        u = rng.uniform(-1.0, 1.0, size=5)
+        blur = rng.random() < self.blur_p
+        sigma = float(rng.uniform(*self.blur_sigma))
+        return {"brightness": 1 + self.brightness * u[0], "contrast": 1 + self.contrast * u[1],
+                "saturation": 1 + self.saturation * u[2], "hue": self.hue * u[3],
+                "gamma": float(np.exp(np.log1p(self.gamma) * u[4])), "sigma": sigma if blur else 0.0}
+
+    @staticmethod
+    def apply(image: np.ndarray, f: dict[str, float]) -> np.ndarray:
+        """``image`` (RGB uint8) with the factors ``f`` of :meth:`draw`."""
+        img = image.astype(np.float32)
+        img *= f["brightness"]
+        luma = np.array([0.299, 0.587, 0.114], np.float32)
+        mean = float((img @ luma).mean())
+        img = (img - mean) * f["contrast"] + mean
+        if f["saturation"] != 1.0 or f["hue"] != 0.0:
+            theta = 2 * np.pi * f["hue"]
+            rot = np.array([[1, 0, 0], [0, np.cos(theta), -np.sin(theta)], [0, np.sin(theta), np.cos(theta)]])
+            chroma = np.diag([1.0, f["saturation"], f["saturation"]])
+            img = img @ (_YIQ_INV @ rot @ chroma @ _YIQ).T.astype(np.float32)
+        img = np.clip(img, 0, 255)
+        if f["gamma"] != 1.0:
+            img = 255.0 * (img / 255.0) ** f["gamma"]
+        if f["sigma"] > 0:
+            img = _gaussian_blur(img, f["sigma"])
+        return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+    def __call__(self, sample: Sample) -> Sample:
+        sample["image"] = self.apply(sample["image"], self.draw(_rng(sample, self.rng)))
+        return sample
+
+    def __repr__(self) -> str:
+        return (f"Photometric(brightness={self.brightness}, contrast={self.contrast}, saturation={self.saturation}, "
+                f"hue={self.hue}, gamma={self.gamma}, blur_p={self.blur_p}, blur_sigma={list(self.blur_sigma)})")
+
+
+def _gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of an ``H x W x C`` float image, edges replicated."""
+    r = max(1, int(np.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k = torch.from_numpy((k / k.sum()).astype(np.float32))
+    c = img.shape[2]
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
+    t = F.conv2d(F.pad(t, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    t = F.conv2d(F.pad(t, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    return t[0].permute(1, 2, 0).numpy()
+
+
 class Normalize:
     """Arrays -> tensors: image normalised by ``preset`` (float ``3 x H x W``), labels int64 ``H x W``.
 
@@ -287,8 +373,12 @@ class Normalize:
 
 def train_transforms(preset: str | Normalization = "imagenet", crop_size: int | tuple[int, int] | None = None,
                      scale_range: tuple[float, float] | None = (0.5, 2.0), flip: bool = True,
-                     jitter: bool = False, seed: int | None = None) -> Compose:
+                     jitter: bool = False, seed: int | None = None,
+                     photometric: dict[str, Any] | None = None) -> Compose:
     """The usual training pipeline: scale, crop (padded), flip, optional jitter, normalise.
+
+    ``photometric``: keyword options of :class:`Photometric` (appearance augmentation;
+    applied after ``jitter`` if both are given).
 
     ``crop_size`` is needed for batches larger than one (equal sizes); ``None`` keeps the
     whole (scaled) image, as the reference recipe did with batch 1. ``seed`` seeds the
@@ -304,6 +394,8 @@ def train_transforms(preset: str | Normalization = "imagenet", crop_size: int | 
         ts.append(RandomHorizontalFlip(0.5, generator=rng))
     if jitter:
         ts.append(ColorJitter(generator=rng))
+    if photometric:
+        ts.append(Photometric(**photometric, generator=rng))
     ts.append(Normalize(preset))
     return Compose(ts)
 

@@ -1,12 +1,14 @@
-"""Builders of the named FCNs of the paper and of the modern Lite0 variants."""
+"""Builders of the named FCNs of the paper and of the modern EfficientNet-Lite variants."""
 from __future__ import annotations
+
+from typing import Callable
 
 from torch import nn
 
 from .alexnet import AlexNetTrunk
+from .efficientnet_lite import EfficientNetLiteTrunk
 from .fcn import FCN
 from .googlenet import GoogLeNetTrunk
-from .lite0 import Lite0Trunk
 from .registry import register_model
 from .vgg import VGG16Trunk
 
@@ -56,30 +58,28 @@ def fcn32s_googlenet(num_classes: int = 21, in_channels: int = 3) -> nn.Module:
     return FCN(GoogLeNetTrunk(in_channels), num_classes, "32s", final_kernel=63)
 
 
-def _lite0(num_classes: int, variant: str, pretrained_backbone: bool, in_channels: int,
-           learnable_upsampling: bool) -> FCN:
-    trunk = Lite0Trunk(in_channels)
+def _lite(num_classes: int, variant: str, pretrained_backbone: bool, in_channels: int,
+          learnable_upsampling: bool, trunk_variant: str = "lite0") -> FCN:
+    trunk = EfficientNetLiteTrunk(trunk_variant, in_channels)
     if pretrained_backbone:
         trunk.load_pretrained()
     return FCN(trunk, num_classes, variant, aligned_upsampling=True, learnable_upsampling=learnable_upsampling)
 
 
-@register_model("fcn32s_lite0", output_stride=32, trunk="efficientnet-lite0", default_num_classes=21)
-def fcn32s_lite0(num_classes: int = 21, pretrained_backbone: bool = False, in_channels: int = 3,
-                 learnable_upsampling: bool = False) -> nn.Module:
-    """FCN-32s, EfficientNet-Lite0 trunk (ImageNet weights with pretrained_backbone=True)."""
-    return _lite0(num_classes, "32s", pretrained_backbone, in_channels, learnable_upsampling)
-
-
-@register_model("fcn16s_lite0", output_stride=16, trunk="efficientnet-lite0", default_num_classes=21)
-def fcn16s_lite0(num_classes: int = 21, pretrained_backbone: bool = False, in_channels: int = 3,
-                 learnable_upsampling: bool = False) -> nn.Module:
-    """FCN-16s, EfficientNet-Lite0 trunk (ImageNet weights with pretrained_backbone=True)."""
-    return _lite0(num_classes, "16s", pretrained_backbone, in_channels, learnable_upsampling)
-
-
-@register_model("fcn8s_lite0", output_stride=8, trunk="efficientnet-lite0", default_num_classes=21)
-def fcn8s_lite0(num_classes: int = 21, pretrained_backbone: bool = False, in_channels: int = 3,
+def _lite_builder(variant: str, trunk_variant: str) -> Callable[..., nn.Module]:
+    """The builder of ``fcn{variant}_{trunk_variant}``: the FCN head on an EfficientNet-Lite trunk."""
+    def builder(num_classes: int = 21, pretrained_backbone: bool = False, in_channels: int = 3,
                 learnable_upsampling: bool = False) -> nn.Module:
-    """FCN-8s, EfficientNet-Lite0 trunk (ImageNet weights with pretrained_backbone=True)."""
-    return _lite0(num_classes, "8s", pretrained_backbone, in_channels, learnable_upsampling)
+        return _lite(num_classes, variant, pretrained_backbone, in_channels, learnable_upsampling, trunk_variant)
+
+    builder.__name__ = builder.__qualname__ = f"fcn{variant}_{trunk_variant}"
+    builder.__doc__ = (f"FCN-{variant}, EfficientNet-{trunk_variant.replace('lite', 'Lite')} trunk "
+                       "(ImageNet weights with pretrained_backbone=True).")
+    return builder
+
+
+# fcn32s/16s/8s_lite0, _lite1, _lite2: one trunk definition, three compound-scaling points
+for _trunk in ("lite0", "lite1", "lite2"):
+    for _variant in ("32s", "16s", "8s"):
+        register_model(f"fcn{_variant}_{_trunk}", output_stride=int(_variant[:-1]), trunk=f"efficientnet-{_trunk}",
+                       default_num_classes=21)(_lite_builder(_variant, _trunk))

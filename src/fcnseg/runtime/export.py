@@ -79,7 +79,7 @@ def resolve_model(name_or_path: str | Path, num_classes: int | None = None) -> t
     if text.lower().endswith(".onnx"):
         raise UserError(f"{text}: an ONNX file cannot be re-exported or optimised; give a model name or a "
                         ".safetensors / .pt weights file")
-    segmenter = load_model(text, num_classes=num_classes)
+    segmenter = load_model(text, num_classes=num_classes, precision="fp32")
     net = segmenter.net
     if net is None:  # pragma: no cover - load_model returns a torch net for every non-ONNX source
         raise UserError(f"{text}: no PyTorch network behind this model")

@@ -53,6 +53,10 @@ class TrainConfig:
                                   ordered=True)
     flip: bool = _f(False, "random horizontal flips")
     color_jitter: bool = _f(False, "random brightness/contrast/saturation")
+    photometric: dict | None = _f(None, "appearance augmentation after color_jitter, e.g. {brightness: 0.3, "
+                                  "contrast: 0.3, saturation: 0.3, hue: 0.05, gamma: 0.3, blur_p: 0.2, "
+                                  "blur_sigma: [0.5, 1.5]}; keys left out are off (fcnseg.data.transforms.Photometric)",
+                                  check="_check_photometric")
     workers: int = _f(2, "data loader worker processes", min=0)
     # optimisation
     epochs: int = _f(1, "number of passes over the training set", min=1)
@@ -122,7 +126,9 @@ class TrainConfig:
 # Each field's type comes from its annotation, its range from its metadata: ``min``/``max``
 # (inclusive), ``gt``/``lt`` (exclusive), ``choices``, ``pattern``, ``nonempty``, ``items``
 # (element type and count of a list), ``ordered`` (list ascending), ``expect`` (the wording of
-# what is expected), ``check`` (the name of a function for the odd field). One declaration drives --help, the checks and their messages.
+# what is expected), ``check`` (the name of a function for the odd field, returning the converted
+# value and its problem text, naming the option). One declaration drives --help, the checks and
+# their messages.
 
 _KIND = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping",
          list: "a list"}
@@ -199,13 +205,52 @@ def _in_range(value: Any, meta: dict[str, Any]) -> bool:
                 or ("gt" in meta and value <= meta["gt"]) or ("lt" in meta and value >= meta["lt"]))
 
 
-def _check_class_weights(value: Any) -> str | None:
+def _check_class_weights(value: Any) -> tuple[Any, str | None]:
     if value in (None, "none", "median_freq", "sqrt_median_freq"):
-        return None
+        return value, None
     if isinstance(value, list) and value and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in value):
-        return None
-    return "expected none, median_freq, sqrt_median_freq or a list of numbers >= 0"
+        return value, None
+    return value, f"class_weights: expected none, median_freq, sqrt_median_freq or a list of numbers >= 0, got {value!r}"
+
+
+_PHOTOMETRIC_KNOBS = ("brightness", "contrast", "saturation", "hue", "gamma", "blur_p", "blur_sigma")
+
+
+def _check_photometric(value: Any) -> tuple[Any, str | None]:
+    """``photometric``: a mapping of :class:`fcnseg.data.transforms.Photometric` knobs, each a
+    number (``blur_sigma`` a ``[min, max]`` pair). Types are checked here like every other
+    option's; the ranges are Photometric's own (one source), checked knob by knob so that every
+    wrong knob is named at once."""
+    from ..data.transforms import Photometric
+
+    if not isinstance(value, dict):
+        return value, f"photometric must be a mapping such as {{hue: 0.05, gamma: 0.3}}, got {value!r}"
+    problems = []
+    if any(k not in _PHOTOMETRIC_KNOBS for k in value):
+        problems.append(f"photometric options are {', '.join(_PHOTOMETRIC_KNOBS)}; got {', '.join(map(str, value))}")
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        if key not in _PHOTOMETRIC_KNOBS:
+            continue
+        if key == "blur_sigma":
+            items = [_scalar(float, x) for x in v] if isinstance(v, (list, tuple)) else []
+            ok = len(items) == 2 and all(good for _, good in items)
+            conv: Any = [x for x, _ in items]
+            expected = "a list of 2 numbers [min, max]"
+        else:
+            conv, ok = _scalar(float, v)
+            expected = "a number"
+        if not ok:
+            problems.append(f"photometric {key}: expected {expected}, got {v!r}")
+            continue
+        try:
+            Photometric(**{key: conv})
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        out[key] = conv
+    return (value, "; ".join(problems)) if problems else (out, None)
 
 
 def _check_one(name: str, hint: Any, meta: dict[str, Any], value: Any) -> tuple[Any, str | None]:
@@ -214,9 +259,8 @@ def _check_one(name: str, hint: Any, meta: dict[str, Any], value: Any) -> tuple[
         value = None  # `--crop-size none`: YAML spells it null, users say none
     if value is None:
         return None, None if optional else f"{name}: expected {_expected(kind, meta, False)}, got null"
-    if "check" in meta:
-        problem = globals()[meta["check"]](value)
-        return value, f"{name}: {problem}, got {value!r}" if problem else None
+    if "check" in meta:  # the odd field's own function: (converted value, its whole problem text or None)
+        return globals()[meta["check"]](value)
     bad = f"{name}: expected {_expected(kind, meta, optional)}, got {value!r}"
     value, ok = _scalar(kind, value)
     if not ok:

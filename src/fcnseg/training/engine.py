@@ -143,7 +143,7 @@ class Trainer:
         self.train_set = get_dataset(cfg.dataset, cfg.data_root, cfg.train_split, transform=train_transforms(
             norm, crop_size=tuple(cfg.crop_size) if cfg.crop_size else None,
             scale_range=tuple(cfg.scale_range) if cfg.scale_range else None,
-            flip=cfg.flip, jitter=cfg.color_jitter), **cfg.dataset_options)
+            flip=cfg.flip, jitter=cfg.color_jitter, photometric=cfg.photometric), **cfg.dataset_options)
         if len(self.train_set) == 0:
             raise UserError(f"{cfg.data_root}: the {cfg.train_split!r} split is empty")
         self.val_set = None
