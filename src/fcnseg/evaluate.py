@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .card import ModelCard, model_inputs
 from .errors import UserError
 from .metrics import ConfusionMatrix
 
@@ -86,25 +87,11 @@ def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return batch
 
 
-def _model_inputs(model: nn.Module, samples: list[dict[str, Any]], device: torch.device) -> Tensor | dict:
-    modalities = getattr(model, "modalities", None)
-    if isinstance(modalities, Mapping):
-        out = {}
-        for m in modalities:
-            key = "image" if m in ("rgb", "color", "image") else m
-            if key not in samples[0]:
-                raise UserError(f"the model needs the {m!r} input but the data set gives only "
-                                f"{', '.join(k for k in samples[0] if not k.startswith('label') and k != 'path')}")
-            out[m] = torch.stack([s[key] for s in samples]).to(device)
-        return out
-    return torch.stack([s["image"] for s in samples]).to(device)
-
-
-def _groups(samples: list[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:
-    """Consecutive runs of samples with the same image size, at most ``batch_size`` long."""
+def _groups(samples: list[dict[str, Any]], batch_size: int, key: str = "image") -> Iterator[list[dict[str, Any]]]:
+    """Consecutive runs of samples with the same input size, at most ``batch_size`` long."""
     run: list[dict[str, Any]] = []
     for s in samples:
-        if run and (len(run) == batch_size or s["image"].shape != run[0]["image"].shape):
+        if run and (len(run) == batch_size or s[key].shape[-2:] != run[0][key].shape[-2:]):
             yield run
             run = []
         run.append(s)
@@ -116,15 +103,15 @@ def _groups(samples: list[dict[str, Any]], batch_size: int) -> Iterator[list[dic
 def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
              normalization: str | None = None, progress: bool = True, batch_size: int = 1,
              num_workers: int = 0, skip_bad: bool = False, flip: bool = False,
-             amp: bool = False, limit: int | None = None, tta: Any = None) -> EvalResult:
+             amp: bool = False, limit: int | None = None, tta: Any = None, card: ModelCard | None = None) -> EvalResult:
     """Run ``model`` over every sample of ``dataset`` and score it.
 
     Args:
         model: returns ``N x K x H x W`` scores (or a dict of heads; the ``main_head`` is
             scored against ``label`` and any other head ``h`` against ``label_h`` if present).
-        dataset: an fcnseg data set. Without a transform it is normalised with
-            ``normalization`` (default: the model's own ``normalization``); with one, its
-            transform must produce tensors.
+        dataset: an fcnseg data set. Without a transform it is preprocessed as ``card``
+            says (``normalization`` overrides its image preset); with one, its transform
+            must produce tensors.
         batch_size: images per forward pass (equal-size neighbours only).
         num_workers: DataLoader worker processes for reading images.
         skip_bad: log and skip unreadable/inconsistent samples instead of stopping.
@@ -134,6 +121,9 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
             ``Segmenter.predict(tta=...)`` and ``fcnseg predict --tta`` do.
         amp: autocast (bfloat16 on CPU, float16 on CUDA).
         limit: score only the first ``limit`` images (quick checks).
+        card: the model card: which sample keys feed the net and how they are preprocessed
+            (default: the net's own inputs with the reference preprocessing,
+            :meth:`fcnseg.card.ModelCard.for_net`).
     """
     from .data.transforms import eval_transforms
     from .inference.tta import parse_tta, tta_probs
@@ -144,9 +134,11 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
     if getattr(model, "num_classes", num_classes) != num_classes:
         raise UserError(f"the model predicts {model.num_classes} classes but the {dataset.name} data set has "
                         f"{num_classes}; use a model trained on this data set")
+    if card is None:
+        card = ModelCard.for_net(model, num_classes=num_classes, normalization=normalization)
     if dataset.transform is None:
         dataset = copy.copy(dataset)
-        dataset.transform = eval_transforms(normalization or getattr(model, "normalization", "imagenet"))
+        dataset.transform = eval_transforms(normalization or card.normalization, **card.preprocessing())
     if getattr(dataset, "skip_bad", False):
         dataset = copy.copy(dataset)
         dataset.skip_bad = False  # errors come back to us with their message; we decide
@@ -188,8 +180,8 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
                     skipped.append(s["_error"])
                 else:
                     good.append(s)
-            for group in _groups(good, max(1, batch_size)):
-                x = _model_inputs(model, group, dev)
+            for group in _groups(good, max(1, batch_size), card.inputs[0].key):
+                x = model_inputs(card, group, dev)
                 with torch.autocast(dev.type, dtype=autocast_dtype, enabled=amp):
                     out = tta_probs(model, x, views) if views.active else model(x)  # scores or probabilities
                 outs = out if isinstance(out, Mapping) else {None: out}
