@@ -384,7 +384,10 @@ class Tiny(nn.Module):
 def tiny() -> Segmenter:
     from fcnseg.runtime.backends import TorchBackend
 
-    info = ModelInfo("tiny", None, 4, list("abcd"), np.zeros((4, 3), np.uint8), "imagenet")
+    from fcnseg.card import ModelCard
+
+    info = ModelInfo("tiny", ModelCard(model="", num_classes=4, class_names=list("abcd"),
+                                       palette=np.zeros((4, 3), int).tolist()))
     return Segmenter(TorchBackend(Tiny(), torch.device("cpu")), info, tile=64, overlap=64)
 
 

@@ -173,7 +173,8 @@ class ModelCard:
         from .data import dataset_class
 
         if "modalities" not in inspect.signature(dataset_class(dataset).__init__).parameters:
-            raise UserError(f"model {self.model} reads {' + '.join(keys)} but the {dataset} data set gives RGB "
+            raise UserError(f"model {self.model} reads {' + '.join(s.name for s in self.inputs)} but the {dataset} "
+                            "data set gives RGB "
                             "images only; use a data set with those inputs (nyud)")
         return {"modalities": tuple(keys)}
 

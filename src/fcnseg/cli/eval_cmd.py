@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import sys
@@ -104,27 +103,26 @@ def run(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     options = _parse_options(args.dataset_option)
 
-    segmenter = _load(args.model, device)
-    dataset_name = args.dataset or segmenter.info.meta.get("dataset")
+    model, card = _load(args.model, device)
+    dataset_name = args.dataset or card.dataset
     if not dataset_name:
         raise UserError(f"{args.model}: no data set recorded with this model; pass --dataset")
-    options = {**_input_options(segmenter.net, dataset_name), **options}
+    options = {**card.dataset_options(dataset_name), **options}
     dataset = get_dataset(dataset_name, args.root, args.split, **options)
-    if not segmenter.trained and segmenter.num_classes != dataset.num_classes:
-        segmenter = _load(args.model, device, num_classes=dataset.num_classes)  # size the untrained output
-    if not segmenter.trained:
+    if not card.trained and card.num_classes != dataset.num_classes:
+        model, card = _load(args.model, device, num_classes=dataset.num_classes)  # size the untrained output
+    if not card.trained:
         print(f"fcnseg eval: warning: {args.model!r} is an untrained architecture; expect near-chance scores",
               file=sys.stderr)
-    elif segmenter.num_classes != dataset.num_classes:
-        raise UserError(f"{args.model}: the model predicts {segmenter.num_classes} classes but the data set has "
+    elif card.num_classes != dataset.num_classes:
+        raise UserError(f"{args.model}: the model predicts {card.num_classes} classes but the data set has "
                         f"{dataset.num_classes}; evaluate it on the data set it was trained for")
-    model = segmenter.net
-    norm = args.normalization or segmenter.normalization
+    norm = args.normalization or card.normalization
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # DataLoader chatter; real problems are UserErrors
         result = evaluate(model, dataset, device=device, normalization=norm, progress=not args.quiet,
                           batch_size=args.batch_size, num_workers=args.workers, skip_bad=args.skip_bad,
-                          amp=args.amp, limit=args.limit, tta=tta)
+                          amp=args.amp, limit=args.limit, tta=tta, card=card)
     total = result.num_images + len(result.skipped)
     if result.num_images == 0:
         raise UserError(f"all {total} images of {dataset_name} {args.split} were bad; nothing to score")
@@ -134,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     # files first: a closed stdout (`fcnseg eval ... | head`) must not lose the results
     if json_path is not None:
         data = result.to_dict()
-        data.update({"model": args.model, "architecture": segmenter.model, "dataset": dataset_name,
+        data.update({"model": args.model, "architecture": card.model, "dataset": dataset_name,
                      "root": str(args.root), "split": args.split, "normalization": norm, "flip": tta.flip,
                      "tta": str(tta)})
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,31 +221,13 @@ def save_confusion_figure(mat: Any, class_names: list[str], path: Path, title: s
 
 # --------------------------------------------------------------------------- model resolution
 def _load(spec: str, device, num_classes: int | None = None):
-    """The model through :func:`fcnseg.inference.load_model` (one resolution rule for predict and
-    eval); eval scores the PyTorch net itself, so an ONNX file is refused here."""
-    from ..inference import UntrainedModelWarning, load_model
+    """The PyTorch net and its model card (:func:`fcnseg.inference.load_net`, one resolution rule for
+    every command); eval scores the PyTorch net itself, so an ONNX file is refused there."""
+    from ..inference import UntrainedModelWarning, load_net
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedModelWarning)  # eval prints its own one-line warning
-        segmenter = load_model(spec, device=device, num_classes=num_classes)
-    if segmenter.net is None:
-        raise UserError(f"{spec}: fcnseg eval runs PyTorch models (a model name, .safetensors or .pt); "
-                        f"an {segmenter.backend} model can be used with fcnseg predict")
-    return segmenter
-
-
-def _input_options(net, dataset_name: str) -> dict[str, Any]:
-    """Data-set options a multi-input net needs: the modalities it reads (NYUD: image, depth, hha)."""
-    from ..data import dataset_class
-
-    modalities = getattr(net, "modalities", None)
-    if not modalities:
-        return {}
-    wanted = tuple("image" if m in ("rgb", "color", "image") else m for m in modalities)
-    if "modalities" not in inspect.signature(dataset_class(dataset_name).__init__).parameters:
-        raise UserError(f"the model reads {' + '.join(modalities)} but the {dataset_name} data set gives RGB "
-                        "images only; evaluate it on a data set with those inputs (nyud)")
-    return {"modalities": wanted}
+        return load_net(spec, device=device, num_classes=num_classes, purpose="evaluation (fcnseg predict runs it)")
 
 
 def _resolve_device(name: str):

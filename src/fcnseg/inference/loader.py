@@ -27,9 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..card import ModelCard
 from ..errors import UserError
 
-__all__ = ["ModelInfo", "UntrainedModelWarning", "load_model", "list_shipped_models", "shipped_weights_path"]
+__all__ = ["ModelInfo", "UntrainedModelWarning", "load_model", "load_net", "list_shipped_models",
+           "shipped_weights_path"]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -43,18 +45,45 @@ class UntrainedModelWarning(UserWarning):
 
 @dataclass
 class ModelInfo:
-    """What a loaded model is: architecture, classes, colours, preprocessing, origin."""
+    """What a loaded model is: its :class:`~fcnseg.card.ModelCard`, the name it was loaded by and
+    where it came from. The card's fields are mirrored as attributes for convenience."""
 
     name: str
-    model: str | None
-    num_classes: int
-    class_names: list[str]
-    palette: np.ndarray
-    normalization: str
-    options: dict[str, Any] = field(default_factory=dict)
-    trained: bool = True
+    card: ModelCard
     source: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str | None:
+        return self.card.model or None
+
+    @property
+    def num_classes(self) -> int:
+        return self.card.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.card.class_names
+
+    @property
+    def palette(self) -> np.ndarray:
+        return self.card.palette_array
+
+    @property
+    def normalization(self) -> str:
+        return self.card.normalization
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.card.options
+
+    @property
+    def trained(self) -> bool:
+        return self.card.trained
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The card as the flat metadata dict of weights files (``dataset``, ``head_class_names``, ...)."""
+        return self.card.to_meta()
 
 
 def list_shipped_models() -> list[str]:
@@ -68,51 +97,11 @@ def shipped_weights_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.safetensors"
 
 
-# --------------------------------------------------------------------------- metadata -> info
+# --------------------------------------------------------------------------- metadata -> card
 def _info_from_meta(meta: dict[str, Any], *, name: str, source: str, num_classes: int | None,
-                    default_model: str | None = None, inferred_classes: int | None = None) -> ModelInfo:
-    from ..preprocess import get_normalization
-    from ..viz import default_palette
-
-    model = meta.get("model", default_model)
-    n_meta = meta.get("num_classes")
-    names = meta.get("class_names")
-    if n_meta is None:
-        n_meta = len(names) if names else inferred_classes
-    if n_meta is None:
-        raise UserError(f"{source}: its metadata does not say how many classes the model has")
-    try:
-        n = int(n_meta)
-    except (TypeError, ValueError):
-        raise UserError(f"{source}: num_classes {n_meta!r} in its metadata is not a number") from None
-    if inferred_classes is not None and inferred_classes != n:
-        raise UserError(f"{source}: metadata says {n} classes but the weights hold {inferred_classes}")
-    if num_classes is not None and int(num_classes) != n:
-        raise UserError(f"{source}: model has {n} classes but num_classes={num_classes} was requested")
-    if names is None:
-        names = [f"class_{i}" for i in range(n)]
-    names = [str(c) for c in names]
-    if len(names) != n:
-        raise UserError(f"{source}: {len(names)} class names for {n} classes in its metadata")
-    palette = meta.get("palette")
-    default = default_palette(n, names)
-    if palette is None:
-        pal = default
-    else:
-        try:
-            pal = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
-        except (TypeError, ValueError):
-            raise UserError(f"{source}: palette in its metadata is not a list of [r, g, b]") from None
-        if pal.size and (pal.min() < 0 or pal.max() > 255):
-            raise UserError(f"{source}: palette colours must be 0..255")
-        pal = pal.astype(np.uint8)
-        if len(pal) < n:
-            pal = np.concatenate([pal, default[len(pal):n]])
-    norm = meta.get("normalization") or "imagenet"
-    get_normalization(norm)  # validates
-    options = dict(meta.get("options") or meta.get("model_options") or {})
-    return ModelInfo(name=name, model=model, num_classes=n, class_names=names, palette=pal,
-                     normalization=norm, options=options, source=source, meta=dict(meta))
+                    inferred_classes: int | None = None) -> ModelInfo:
+    card = ModelCard.from_meta(meta, source=source, num_classes=num_classes, inferred_classes=inferred_classes)
+    return ModelInfo(name=name, card=card, source=source)
 
 
 def _build(info: ModelInfo) -> nn.Module:
@@ -189,10 +178,13 @@ def _from_state(state: dict[str, torch.Tensor], meta: dict[str, Any], path: Path
 
 
 def _checkpoint_meta(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The model's metadata: the checkpoint's ``meta`` (written by ``fcnseg train``), completed
-    from its ``config`` (older checkpoints, or hand-made ones, have only the config)."""
+    """The model's metadata: the checkpoint's ``meta`` (a model card, written by ``fcnseg train``),
+    or, in older checkpoints, a flat dict completed from its ``config`` (hand-made ones have
+    only the config)."""
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     meta = dict(ckpt["meta"]) if isinstance(ckpt.get("meta"), dict) else {}
+    if meta.get("card_version") is not None:
+        return meta
     fallback = {
         "model": config.get("model"),
         "num_classes": config.get("num_classes"),
@@ -201,6 +193,7 @@ def _checkpoint_meta(ckpt: dict[str, Any]) -> dict[str, Any]:
         "normalization": config.get("normalization"),
         "options": config.get("model_options") or config.get("options"),
         "dataset": config.get("dataset"),
+        "input_key": config.get("input_key"),
     }
     for k, v in fallback.items():
         if meta.get(k) is None and v is not None:
@@ -233,16 +226,13 @@ def _from_registry(model: str, num_classes: int | None) -> tuple[nn.Module, Mode
 
     n = model_spec(model).default_num_classes if num_classes is None else int(num_classes)
     net = get_model(model, n)
-    info = _info_from_meta({"model": model, "num_classes": n}, name=model, source=f"registered model {model}",
-                           num_classes=None)
-    info.normalization = getattr(net, "normalization", info.normalization)
-    info.trained = False
-    return net, info
+    return net, ModelInfo(name=model, card=ModelCard.for_net(net, model=model, trained=False),
+                          source=f"registered model {model}")
 
 
 def _onnx_info(backend, path: Path, name: str, num_classes: int | None) -> ModelInfo:
     meta: dict[str, Any] = backend.meta
-    if not meta.get("normalization"):
+    if not meta.get("normalization") and not meta.get("card_version"):
         warnings.warn(f"{path}: ONNX file carries no fcnseg metadata; assuming 'imagenet' normalisation "
                       "and generic class names", UserWarning, stacklevel=3)
     return _info_from_meta(meta, name=name, source=str(path), num_classes=num_classes,
@@ -331,3 +321,22 @@ def _geometry_net(info: ModelInfo) -> nn.Module | None:
             return _build(info)
     except Exception:  # geometry is an optimisation for tiling; never fail loading over it
         return None
+
+
+def load_net(name_or_path: str | Path, *, num_classes: int | None = None, device: str | torch.device = "cpu",
+             purpose: str = "this") -> tuple[nn.Module, ModelCard]:
+    """A name or weights file -> ``(eval-mode nn.Module, its ModelCard)``: the one way export,
+    bench and eval turn what the user typed into a PyTorch network and its description.
+
+    It defers to :func:`load_model` (shipped names, registered architectures, ``.safetensors``
+    and training checkpoints), so every source ``predict`` accepts works here too. ONNX files
+    hold no PyTorch module and are refused (``purpose`` names the job in that message).
+    """
+    text = str(name_or_path)
+    if text.lower().endswith(".onnx"):
+        raise UserError(f"{text}: an ONNX file holds no PyTorch network for {purpose}; give a model name or a "
+                        ".safetensors / .pt weights file")
+    segmenter = load_model(text, device=device, num_classes=num_classes, optimize=False)
+    if segmenter.net is None:  # pragma: no cover - load_model returns a torch net for every non-ONNX source
+        raise UserError(f"{text}: no PyTorch network behind this model")
+    return segmenter.net.eval(), segmenter.info.card

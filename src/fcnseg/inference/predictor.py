@@ -34,7 +34,7 @@ Image = Any  # a path, a PIL image or an H x W x 3 uint8 array
 class Segmenter:
     """A loaded model that segments images. Make one with :func:`fcnseg.load_model`.
 
-    Attributes: ``name``, ``model`` (architecture), ``num_classes``, ``class_names``,
+    Attributes: ``card`` (the :class:`~fcnseg.card.ModelCard`), ``name``, ``model`` (architecture), ``num_classes``, ``class_names``,
     ``palette`` (``K x 3`` uint8), ``normalization``, ``device``, ``backend``
     (``"torch"`` / ``"onnxruntime"``), ``trained``, ``net`` (the ``nn.Module``, torch
     backend only), ``receptive_field`` and ``tile_margin`` (pixels of context each
@@ -55,6 +55,7 @@ class Segmenter:
                  tile: int | str | None = "auto", overlap: int | None = None, tta: Any = None) -> None:
         self._run = runner
         self.info = info
+        self.card = info.card
         self.name = info.name
         self.model = info.model
         self.num_classes = info.num_classes
@@ -141,7 +142,8 @@ class Segmenter:
         if name == self.main_head:
             view.class_names, view.palette = list(self.info.class_names), np.asarray(self.info.palette, np.uint8)
         else:
-            names = (self.info.meta.get("head_class_names") or {}).get(name)
+            spec = self.info.card.heads.get(name)
+            names = spec.class_names if spec is not None else None
             if not names or len(names) != view.num_classes:
                 names = [f"{name}_{i}" for i in range(view.num_classes)]
             view.class_names = [str(c) for c in names]
@@ -185,13 +187,20 @@ class Segmenter:
         return result
 
     # ------------------------------------------------------------------ core
+    def _prepare(self, image: np.ndarray) -> Tensor:
+        """One picture -> the net's ``C x H x W`` input, as the model card's input spec says (the
+        HHA net takes an HHA picture minus the HHA mean; other nets an RGB image by their preset)."""
+        spec = self.info.card.inputs[0]
+        return normalize(image, self._norm) if spec.key == "image" else spec.prepare(image)
+
     def _batch_tensor(self, images: Sequence[np.ndarray]) -> Tensor:
         if len(images) == 1:
-            return normalize(images[0], self._norm).unsqueeze(0)
-        h, w = images[0].shape[:2]
-        out = torch.empty((len(images), 3, h, w), dtype=torch.float32)
-        for i, im in enumerate(images):
-            out[i] = normalize(im, self._norm)
+            return self._prepare(images[0]).unsqueeze(0)
+        first = self._prepare(images[0])
+        out = torch.empty((len(images), *first.shape), dtype=torch.float32)
+        out[0] = first
+        for i, im in enumerate(images[1:], 1):
+            out[i] = self._prepare(im)
         return out
 
     def _logits(self, x: Tensor) -> Tensor:

@@ -221,7 +221,7 @@ def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, th
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Benchmark ``cfg.model`` as configured; returns every figure as a JSON-ready dict."""
     from ..complexity import count_flops, count_params, input_channels
-    from .export import resolve_model
+    from ..inference.loader import load_net
     from .fast import cpu_has_vnni, default_threads, labels_from_logits, normalize_batch
     from ..inference import UntrainedModelWarning
     from ..preprocess import get_normalization, normalize
@@ -245,9 +245,9 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     say(f"building {cfg.model}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedModelWarning)  # speed does not depend on training
-        model, meta = resolve_model(cfg.model, cfg.num_classes)
+        model, card = load_net(cfg.model, num_classes=cfg.num_classes, purpose="bench")
     model = model.eval()
-    filled = 0 if meta.get("trained", True) else _fill_zero_layers(model, cfg.seed)
+    filled = 0 if card.trained else _fill_zero_layers(model, cfg.seed)
     in_ch = input_channels(model)
     if cfg.end_to_end and in_ch != 3:
         raise UserError(f"--end-to-end needs an RGB model; {cfg.model} takes {in_ch} input channels")
@@ -255,7 +255,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     params = count_params(model)
     gen = torch.Generator().manual_seed(cfg.seed)
     example = torch.randn((cfg.batch, in_ch, height, width), generator=gen)
-    norm = get_normalization(meta.get("normalization") or getattr(model, "normalization", "imagenet"))
+    norm = get_normalization(card.normalization)
     image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=gen).numpy()
 
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-") as tmp:
