@@ -562,7 +562,7 @@ def test_onnx_backend_matches_torch(onnx_file, model):
     np.testing.assert_array_equal(lab[sure], ref.argmax(0)[sure])
     batch = m.predict_batch([img, image(20, 30)], batch_size=2)
     np.testing.assert_array_equal(batch[0], lab)
-    with pytest.raises(UserError, match="runs with --backend onnxruntime"):
+    with pytest.raises(UserError, match="runs with backend onnxruntime"):
         load_model(path, backend="torch")
 
 

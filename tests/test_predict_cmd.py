@@ -328,3 +328,36 @@ def test_two_head_model_through_onnx_keeps_both_heads(multitask_weights, images,
         _, p_torch = torch_model.head(head).predict(img, return_probs=True)
         np.testing.assert_allclose(p_onnx, p_torch, atol=1e-4)
     np.testing.assert_array_equal(read_label_png(out / "b_geo.png"), onnx_model.head("geo").predict(img))
+
+
+def test_predict_files_is_a_library_call(tmp_path):
+    """What `fcnseg predict` does, from Python: same files, failures reported, not raised."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from fcnseg.inference import load_model
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(src / "a.png")
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(src / "sub" / "b.jpg")
+    (src / "bad.png").write_bytes(b"not an image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model("fcn8s_lite0", num_classes=3)
+    heard = []
+    result = model.predict_files(src, tmp_path / "out", overlay=True, on_error=lambda p, m: heard.append((p, m)))
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in result.written) == ["a.png", "sub/b.png"]
+    assert (tmp_path / "out" / "sub" / "b_overlay.png").is_file()
+    assert list(result.failed) == [str(src / "bad.png")] and heard[0][0] == src / "bad.png"
+    labels = np.asarray(Image.open(tmp_path / "out" / "a.png"))
+    assert np.array_equal(labels, model.predict(src / "a.png"))
+    import pytest
+
+    from fcnseg.errors import UserError
+
+    with pytest.raises(UserError, match="batch_size must be >= 1"):
+        model.predict_files(src, tmp_path / "out2", batch_size=0)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -24,7 +26,7 @@ from .metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalResult", "evaluate"]
+__all__ = ["EvalResult", "evaluate", "format_table", "save_confusion_figure", "nan_to_none"]
 
 
 @dataclass
@@ -42,6 +44,17 @@ class EvalResult:
     @property
     def scores(self) -> dict[str, Any]:
         return self.confusion.compute()
+
+    def format(self, title: str = "") -> str:
+        """The four metrics and the per-class table (and one per extra head), as ``fcnseg eval`` prints them."""
+        parts = [format_table(self.scores, self.class_names, title)]
+        for head, (cm, names) in self.heads.items():
+            parts.append(format_table(cm.compute(), names, f"head {head!r}"))
+        return "\n\n".join(parts)
+
+    def save_confusion_figure(self, path: str | Path, title: str = "") -> None:
+        """The main head's row-normalised confusion matrix as a heatmap (.png/.pdf/.svg; needs matplotlib)."""
+        save_confusion_figure(self.confusion.numpy(), self.class_names, path, title=title)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the four metrics, per-class IoU/accuracy by name, counts, the matrix."""
@@ -222,3 +235,72 @@ def _update(cm: ConfusionMatrix, pred: Tensor, target: Tensor, group: list[dict[
         cm.update(pred, target)
     except UserError as exc:  # name the file (the data sets check labels, so only a custom transform gets here)
         raise UserError(f"{', '.join(s.get('path', '?') for s in group)}: {exc}") from None
+
+
+def _pct(v: float) -> str:
+    return "    -" if v is None or math.isnan(v) else f"{100 * v:5.1f}"
+
+
+def format_table(scores: dict[str, Any], class_names: list[str], title: str) -> str:
+    """The four metrics and a per-class IoU / accuracy table, in percent ('-': class absent)."""
+    width = max([len(n) for n in class_names] + [5])
+    lines = [title, "",
+             f"{'pixel acc':>10} {'mean acc':>9} {'mean IoU':>9} {'fw IoU':>7}",
+             f"{_pct(scores['pixel_acc']):>10} {_pct(scores['mean_acc']):>9} {_pct(scores['mean_iou']):>9} "
+             f"{_pct(scores['fw_iou']):>7}", "",
+             f"{'class':<{width}}  {'IoU':>5}  {'acc':>5}"]
+    for name, iou, acc in zip(class_names, scores["iou"], scores["acc"]):
+        lines.append(f"{name:<{width}}  {_pct(iou)}  {_pct(acc)}")
+    lines.append("(percent; '-': undefined, the class is absent from the ground truth"
+                 " (IoU: and from the predictions); left out of the means)")
+    return "\n".join(lines)
+
+
+def nan_to_none(obj: Any) -> Any:
+    """NaN (undefined metrics) as None, so that JSON files stay standard JSON."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [nan_to_none(v) for v in obj]
+    return obj
+
+
+def save_confusion_figure(mat: Any, class_names: list[str], path: str | Path, title: str = "") -> None:
+    """Row-normalised confusion matrix (each ground-truth row sums to 1) as a heatmap (needs matplotlib)."""
+    path = Path(path)
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = np.asarray(mat, dtype=np.float64)
+    rows = m.sum(axis=1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    k = len(class_names)
+    size = max(4.0, 0.45 * k + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), class_names, rotation=90, fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    if k <= 25:
+        for i in range(k):
+            for j in range(k):
+                if norm[i, j] >= 0.01:
+                    ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the ground-truth row")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=150)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the figure ({exc})") from None
+    finally:
+        plt.close(fig)

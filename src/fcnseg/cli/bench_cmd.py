@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from ..errors import UserError
+from .common import add_batch_size, add_device, add_json, check_json_path, emit_json
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -21,8 +20,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", required=True,
                    help="architecture name, shipped model name, or a .safetensors / .pt weights file")
     p.add_argument("--size", default="500x500", help="input height x width (default 500x500)")
-    p.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    add_batch_size(p, 1, "images per forward pass", old="--batch")
+    add_device(p)
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16", "int8"), default="fp32",
                    help="precision: fp16 (CUDA), bf16, or int8 (CPU, post-training static quantisation, "
                         "calibrated on random inputs: speed only; see scripts/int8_accuracy.py for accuracy)")
@@ -50,7 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=None, help="classes of an architecture given by name")
     p.add_argument("--gemm-size", type=int, default=None,
                    help="n of the n x n fp32 GEMM that measures the machine (default 2048 CPU, 8192 CUDA)")
-    p.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="also write every figure as JSON")
+    add_json(p, "every figure")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress messages on stderr")
     return p
 
@@ -62,20 +61,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.compile and args.freeze:
         raise UserError("--compile and --freeze are alternatives; choose one")
-    if args.json is not None and args.json.exists() and args.json.is_dir():
-        raise UserError(f"{args.json}: is a folder; expected a .json file name")
-    cfg = BenchConfig(model=args.model, size=parse_size(args.size), batch=args.batch, device=args.device,
+    check_json_path(args.json)
+    cfg = BenchConfig(model=args.model, size=parse_size(args.size), batch=args.batch_size, device=args.device,
                       dtype=args.dtype, backend=args.backend, channels_last=args.channels_last,
                       optimize=args.optimize, freeze=args.freeze, compile=args.compile, baseline=args.baseline,
                       end_to_end=args.end_to_end, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
                       num_classes=args.num_classes, gemm_size=args.gemm_size)
     progress = None if args.quiet else (lambda msg: print(f"fcnseg bench: {msg} ...", file=sys.stderr, flush=True))
     result = run_bench(cfg, progress=progress)
-    print(format_report(result))
-    if args.json is not None:
-        try:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
-        except OSError as exc:
-            raise UserError(f"{args.json}: cannot write ({exc.strerror or exc})") from None
+    if not emit_json(args.json, result):
+        print(format_report(result))
     return 0

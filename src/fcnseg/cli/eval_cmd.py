@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .common import add_batch_size, add_device, add_json, check_json_path, emit_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -26,13 +25,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "(default: the data set recorded in the weights)")
     p.add_argument("--root", required=True, help="the data set's root folder")
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    add_json(p, "the results")
     p.add_argument("--confusion", metavar="PATH",
                    help="save a row-normalised confusion-matrix heatmap (.png/.pdf/.svg; needs matplotlib)")
     p.add_argument("--skip-bad", action="store_true",
                    help="log unreadable or inconsistent samples and go on (default: stop at the first)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
+    add_device(p)
+    add_batch_size(p, 1, "images per forward pass")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
     p.add_argument("--flip", action="store_true", help="average with the mirrored image's prediction "
                    "(same as --tta flip)")
@@ -82,7 +81,7 @@ def _check_output(path: str | None, what: str, suffixes: tuple[str, ...] | None 
 
 def run(args: argparse.Namespace) -> int:
     from ..data import get_dataset
-    from ..evaluate import evaluate
+    from ..evaluate import evaluate, nan_to_none
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
-    json_path = _check_output(args.json, "--json")
+    json_path = check_json_path(args.json)
     from ..inference.tta import parse_tta
 
     tta = parse_tta(args.tta, flip=args.flip)  # a bad spec fails here, before any data is read
@@ -130,19 +129,15 @@ def run(args: argparse.Namespace) -> int:
     title = (f"{args.model} on {dataset_name} {args.split}: {result.num_images} images, "
              f"{result.seconds:.1f} s ({device}, {norm} normalisation)")
     # files first: a closed stdout (`fcnseg eval ... | head`) must not lose the results
-    if json_path is not None:
-        data = result.to_dict()
-        data.update({"model": args.model, "architecture": card.model, "dataset": dataset_name,
-                     "root": str(args.root), "split": args.split, "normalization": norm, "flip": tta.flip,
-                     "tta": str(tta)})
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(_nan_to_none(data), indent=2) + "\n")
+    data = result.to_dict()
+    data.update({"model": args.model, "architecture": card.model, "dataset": dataset_name,
+                 "root": str(args.root), "split": args.split, "normalization": norm, "flip": tta.flip,
+                 "tta": str(tta)})
+    to_stdout = emit_json(args.json, nan_to_none(data))
     if fig_path is not None:
-        save_confusion_figure(result.confusion.numpy(), result.class_names, fig_path, title=title)
-    print(format_table(result.confusion.compute(), result.class_names, title))
-    for head, (cm, names) in result.heads.items():
-        print()
-        print(format_table(cm.compute(), names, f"head {head!r}"))
+        result.save_confusion_figure(fig_path, title=title)
+    if not to_stdout:
+        print(result.format(title))
     if result.skipped:
         print(f"fcnseg eval: skipped {len(result.skipped)} of {total} images (bad input)", file=sys.stderr)
 
@@ -150,73 +145,6 @@ def run(args: argparse.Namespace) -> int:
         if written is not None:
             print(f"wrote {written}")
     return 0
-
-
-def _pct(v: float) -> str:
-    return "    -" if v is None or math.isnan(v) else f"{100 * v:5.1f}"
-
-
-def format_table(scores: dict[str, Any], class_names: list[str], title: str) -> str:
-    """The four metrics and a per-class IoU / accuracy table, in percent ('-': class absent)."""
-    width = max([len(n) for n in class_names] + [5])
-    lines = [title, "",
-             f"{'pixel acc':>10} {'mean acc':>9} {'mean IoU':>9} {'fw IoU':>7}",
-             f"{_pct(scores['pixel_acc']):>10} {_pct(scores['mean_acc']):>9} {_pct(scores['mean_iou']):>9} "
-             f"{_pct(scores['fw_iou']):>7}", "",
-             f"{'class':<{width}}  {'IoU':>5}  {'acc':>5}"]
-    for name, iou, acc in zip(class_names, scores["iou"], scores["acc"]):
-        lines.append(f"{name:<{width}}  {_pct(iou)}  {_pct(acc)}")
-    lines.append("(percent; '-': undefined, the class is absent from the ground truth"
-                 " (IoU: and from the predictions); left out of the means)")
-    return "\n".join(lines)
-
-
-def _nan_to_none(obj: Any) -> Any:
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_to_none(v) for v in obj]
-    return obj
-
-
-def save_confusion_figure(mat: Any, class_names: list[str], path: Path, title: str = "") -> None:
-    """Row-normalised confusion matrix (each ground-truth row sums to 1) as a heatmap."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    m = np.asarray(mat, dtype=np.float64)
-    rows = m.sum(axis=1, keepdims=True)
-    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
-    k = len(class_names)
-    size = max(4.0, 0.45 * k + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), class_names, rotation=90, fontsize=8)
-    ax.set_yticks(range(k), class_names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("ground truth")
-    if k <= 25:
-        for i in range(k):
-            for j in range(k):
-                if norm[i, j] >= 0.01:
-                    ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=6,
-                            color="white" if norm[i, j] > 0.5 else "black")
-    if title:
-        ax.set_title(title, fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the ground-truth row")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=150)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot write the figure ({exc})") from None
-    finally:
-        plt.close(fig)
 
 
 # --------------------------------------------------------------------------- model resolution

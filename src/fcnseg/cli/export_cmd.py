@@ -33,8 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime.bench import parse_size
     from ..inference.loader import load_net
+    from ..runtime.bench import parse_size
     from ..runtime.export import DEFAULT_CHECK_SIZES, export_model
 
     if args.num_classes is not None and args.num_classes < 1:

@@ -272,16 +272,16 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
 
     if suffix == ".onnx" or (backend == "onnxruntime" and path.is_file()):
         if backend == "torch":
-            raise UserError(f"{path}: an ONNX file runs with --backend onnxruntime, not torch")
+            raise UserError(f"{path}: an ONNX file runs with backend onnxruntime, not torch")
         if not path.is_file():
             raise UserError(f"{path}: no such ONNX file")
         if suffix != ".onnx":
-            raise UserError(f"{path}: --backend onnxruntime needs an .onnx file (make one with fcnseg export)")
+            raise UserError(f"{path}: backend onnxruntime needs an .onnx file (make one with fcnseg export)")
         be = OnnxBackend(path, dev)
         info = _onnx_info(be, path, path.stem, num_classes)
         return Segmenter(be, info, geometry_net=_geometry_net(info), tile=tile, overlap=overlap, tta=tta)
     if backend == "onnxruntime":
-        raise UserError(f"{text}: --backend onnxruntime needs an .onnx file (make one with fcnseg export)")
+        raise UserError(f"{text}: backend onnxruntime needs an .onnx file (make one with fcnseg export)")
 
     if path.is_file() or looks_like_path:
         if not path.exists():

@@ -8,6 +8,7 @@ on huge images without changing the result.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -320,3 +321,27 @@ class Segmenter:
                     results[i] = (labels[k], probs[k]) if return_probs else labels[k]
                 del s
         return results
+
+    def predict_files(self, inputs: Sequence[str | Path] | str | Path, out: str | Path, *, overlay: bool = False,
+                      alpha: float = 0.5, probs: bool = False, batch_size: int = 4, progress: bool = False,
+                      on_error: Callable[[Path, str], None] | None = None):
+        """Segment image files, folders (recursively) or globs into label PNGs under ``out``.
+
+        What ``fcnseg predict`` does, from Python: ``out/<name>.png`` per image (folder inputs
+        keep their sub-folders), optionally ``<name>_overlay.png`` and ``<name>_probs.npy``,
+        and ``<name>_<head>.png`` for a two-head net's other heads. An image that fails is
+        reported to ``on_error(path, message)`` (default: a logged warning) and skipped.
+        Returns a :class:`~fcnseg.inference.files.FilesResult` (written files, failures).
+        """
+        from .files import plan_jobs, run_jobs
+
+        if isinstance(inputs, (str, Path)):
+            inputs = [inputs]
+        if batch_size < 1:  # checked before the output folder is made
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= alpha <= 1.0:
+            raise UserError(f"alpha must be in 0..1, got {alpha}")
+        self.check_rgb_input()
+        jobs, folder = plan_jobs(inputs, out)
+        return run_jobs(self, jobs, folder, overlay=overlay, alpha=alpha, probs=probs, batch_size=batch_size,
+                        progress=progress, on_error=on_error)

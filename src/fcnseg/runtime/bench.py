@@ -83,11 +83,11 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         nums = [int(p) for p in parts]
     except ValueError:
-        raise UserError(f"--size {text!r}: expected HxW, e.g. 500x500 or 360x480") from None
+        raise UserError(f"size {text!r}: expected HxW, e.g. 500x500 or 360x480") from None
     if len(nums) == 1:
         nums = nums * 2
     if len(nums) != 2 or min(nums) < 1:
-        raise UserError(f"--size {text!r}: expected HxW with positive integers, e.g. 360x480")
+        raise UserError(f"size {text!r}: expected HxW with positive integers, e.g. 360x480")
     return nums[0], nums[1]
 
 
@@ -193,7 +193,7 @@ def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, th
 
     if cfg.dtype == "int8":
         if device.type != "cpu":
-            raise UserError("--dtype int8 is a CPU path; use --device cpu")
+            raise UserError("dtype int8 is a CPU path; use device cpu")
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         calib = [torch.randn(example.shape, generator=gen) for _ in range(cfg.calibration_batches)]
         q = quantize_int8(model, calib, backend=cfg.backend, threads=threads,
@@ -201,16 +201,16 @@ def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, th
         return q, f"int8 static quantisation: {q.method}; calibration on random inputs (speed only)", False
     if cfg.backend == "onnxruntime":
         if device.type != "cpu":
-            raise UserError("--backend onnxruntime is benchmarked on the CPU here; use --device cpu")
+            raise UserError("backend onnxruntime is benchmarked on the CPU here; use device cpu")
         if cfg.dtype != "fp32":
-            raise UserError(f"--backend onnxruntime supports --dtype fp32 or int8, not {cfg.dtype}")
+            raise UserError(f"backend onnxruntime supports dtype fp32 or int8, not {cfg.dtype}")
         if cfg.compile or cfg.freeze:
-            raise UserError("--compile and --freeze are torch options; drop them with --backend onnxruntime")
+            raise UserError("compile and freeze are torch options; drop them with backend onnxruntime")
         fast = optimize_for_inference(model, channels_last=False, fold_bn=cfg.optimize, depthwise=cfg.optimize,
                                       mode="onnxruntime", threads=threads)
         return fast, fast.method + ", fp32", False
     if cfg.dtype == "fp16" and device.type == "cpu":
-        raise UserError("--dtype fp16 is for --device cuda; on the CPU use bf16 or int8")
+        raise UserError("dtype fp16 is for device cuda; on the CPU use bf16 or int8")
     mode = "compile" if cfg.compile else ("jit" if cfg.freeze else "eager")
     fast = optimize_for_inference(model.to(device), channels_last=cfg.channels_last, fold_bn=cfg.optimize,
                                   depthwise=cfg.optimize, mode=mode, dtype=cfg.dtype, example_input=example)
@@ -228,13 +228,13 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
 
     say = progress or (lambda _msg: None)
     if cfg.batch < 1 or cfg.repeats < 1 or cfg.warmup < 0:
-        raise UserError("--batch and --repeats must be >= 1 and --warmup >= 0")
+        raise UserError("batch size and repeats must be >= 1 and warmup >= 0")
     if cfg.dtype not in ("fp32", "fp16", "bf16", "int8"):
-        raise UserError(f"unknown --dtype {cfg.dtype!r}; expected fp32, fp16, bf16 or int8")
+        raise UserError(f"unknown dtype {cfg.dtype!r}; expected fp32, fp16, bf16 or int8")
     if cfg.backend not in ("torch", "onnxruntime"):
-        raise UserError(f"unknown --backend {cfg.backend!r}; expected torch or onnxruntime")
+        raise UserError(f"unknown backend {cfg.backend!r}; expected torch or onnxruntime")
     if cfg.end_to_end and cfg.batch != 1:
-        raise UserError("--end-to-end times one decoded image at a time; use --batch 1")
+        raise UserError("end_to_end times one decoded image at a time; use batch size 1")
     from .backends import resolve_device
 
     device = resolve_device(cfg.device)
@@ -250,7 +250,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     filled = 0 if card.trained else _fill_zero_layers(model, cfg.seed)
     in_ch = input_channels(model)
     if cfg.end_to_end and in_ch != 3:
-        raise UserError(f"--end-to-end needs an RGB model; {cfg.model} takes {in_ch} input channels")
+        raise UserError(f"end_to_end needs an RGB model; {cfg.model} takes {in_ch} input channels")
     flops = count_flops(model, (1, in_ch, height, width))
     params = count_params(model)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -412,7 +412,7 @@ def _quantize_fx(model: nn.Module, batches: list[Tensor]) -> Int8Model:
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     if "x86" not in torch.backends.quantized.supported_engines:
-        raise UserError("this torch build has no x86 quantized engine; use --backend onnxruntime")
+        raise UserError("this torch build has no x86 quantized engine; use backend onnxruntime")
     torch.backends.quantized.engine = "x86"
     net = copy.deepcopy(model).eval().cpu()
     with warnings.catch_warnings():
