@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from fcnseg.data import get_dataset
-from fcnseg.data.base import color_palette
+from fcnseg.palettes import voc_palette as color_palette
 from fcnseg.data.context import CLASS_NAMES as CONTEXT_NAMES, CLASSES_59
 from fcnseg.data.voc import CLASS_NAMES as VOC_NAMES
 from fcnseg.data.voc_splits import seg11valid

@@ -19,16 +19,16 @@ class count that differs from the one asked for) is a one-line :class:`UserError
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..card import ModelCard
 from ..errors import UserError
+from .info import ModelInfo
+from .predictor import Segmenter
 
 __all__ = ["ModelInfo", "UntrainedModelWarning", "load_model", "load_net", "list_shipped_models",
            "shipped_weights_path"]
@@ -41,49 +41,6 @@ _TRAINING_ONLY_OPTIONS = ("pretrained_backbone",)
 
 class UntrainedModelWarning(UserWarning):
     """A model was built without trained weights."""
-
-
-@dataclass
-class ModelInfo:
-    """What a loaded model is: its :class:`~fcnseg.card.ModelCard`, the name it was loaded by and
-    where it came from. The card's fields are mirrored as attributes for convenience."""
-
-    name: str
-    card: ModelCard
-    source: str = ""
-
-    @property
-    def model(self) -> str | None:
-        return self.card.model or None
-
-    @property
-    def num_classes(self) -> int:
-        return self.card.num_classes
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.card.class_names
-
-    @property
-    def palette(self) -> np.ndarray:
-        return self.card.palette_array
-
-    @property
-    def normalization(self) -> str:
-        return self.card.normalization
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return self.card.options
-
-    @property
-    def trained(self) -> bool:
-        return self.card.trained
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        """The card as the flat metadata dict of weights files (``dataset``, ``head_class_names``, ...)."""
-        return self.card.to_meta()
 
 
 def list_shipped_models() -> list[str]:
@@ -258,7 +215,6 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
     """
     from ..models import list_models
     from ..runtime.backends import OnnxBackend, TorchBackend, resolve_device
-    from .predictor import Segmenter
 
     if backend not in (None, "torch", "onnxruntime"):
         raise UserError(f"unknown backend {backend!r}; expected torch or onnxruntime")

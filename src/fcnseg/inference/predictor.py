@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..errors import UserError
 from ..imageio import as_rgb_array
 from ..preprocess import get_normalization, normalize
-from .loader import ModelInfo
+from .info import ModelInfo
 from .tiling import TileGrid, dependency_radius, model_stride, plan_tiles, predict_tiled
 from .tta import TTA, parse_tta, tta_probs
 

@@ -242,7 +242,7 @@ def load_exported(path: str | Path, fmt: str, *, threads: int | None = None) -> 
     if not path.is_file():
         raise UserError(f"{path}: no such exported model file")
     if fmt == "onnx":
-        from .fast import onnx_session
+        from .ort import onnx_session
 
         session = onnx_session(path, threads)
         names = [o.name for o in session.get_outputs()]

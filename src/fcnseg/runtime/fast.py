@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from .ort import onnx_session  # re-exported: fcnseg.runtime.fast.onnx_session
 
 __all__ = ["fold_batchnorm", "depthwise_upsampling", "optimize_for_inference", "FastModel",
            "quantize_int8", "Int8Model", "onnx_session", "OnnxRunner", "cpu_has_vnni", "cpu_flags", "normalize_batch", "labels_from_logits",
@@ -342,19 +343,6 @@ def _calibration_batches(calibration: Iterable[Tensor]) -> list[Tensor]:
     if not batches:
         raise UserError("int8 quantisation needs at least one calibration batch")
     return [b.detach().float().cpu() for b in batches]
-
-
-def onnx_session(path: str | Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session with full graph optimisation and ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def _quantize_onnxruntime(model: nn.Module, batches: list[Tensor], threads: int | None,
