@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SHARED  # noqa: E402
 from torch import nn
 
 from fcnseg import surgery
@@ -25,7 +26,7 @@ from fcnseg.models.multimodal import EarlyFusionFCN, LateFusionFCN
 from fcnseg.models.multitask import MultiTaskFCN, multitask_loss
 from fcnseg.models.vgg import VGG16Trunk
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "fcn-berkeleyvision"
+REF = SHARED / "reference" / "fcn-berkeleyvision"
 # channels of the data layers' tops in the reference nets
 DATA_CHANNELS = {"data": 3, "color": 3, "hha": 3, "depth": 1}
 
