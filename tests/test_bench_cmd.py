@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from fcnseg.runtime.bench import BenchConfig, format_report, measure_gemm_rate, parse_size, run_bench
 from fcnseg.cli.main import main
+from fcnseg.runtime.bench import BenchConfig, format_report, measure_gemm_rate, parse_size, run_bench
 
 TINY = ["--size", "32x48", "--warmup", "1", "--repeats", "2", "--gemm-size", "128", "--num-classes", "3", "-q",
         "--threads", "1"]

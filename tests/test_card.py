@@ -90,7 +90,8 @@ def test_an_hha_card_makes_predict_feed_hha_minus_its_mean():
     seg = Segmenter(TorchBackend(net, torch.device("cpu"), optimize=False), ModelInfo("hha", card))
     hha = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     x = seg._batch_tensor([hha, hha])
-    want = torch.from_numpy(hha.astype(np.float32)).permute(2, 0, 1) - torch.tensor(card.inputs[0].hha_mean).view(3, 1, 1)
+    mean = torch.tensor(card.inputs[0].hha_mean).view(3, 1, 1)
+    want = torch.from_numpy(hha.astype(np.float32)).permute(2, 0, 1) - mean
     assert x.shape == (2, 3, 5, 7) and torch.allclose(x[1], want)
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED  # noqa: E402
 from PIL import Image
 
+from conftest import SHARED  # noqa: E402
 from fcnseg.data import collate, get_dataset, list_datasets
 from fcnseg.data.camvid import CLASS_NAMES, PALETTE
 from fcnseg.data.transforms import eval_transforms, train_transforms

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED  # noqa: E402
 from PIL import Image
 from torch import nn
 
+from conftest import SHARED  # noqa: E402
 from fcnseg.cli.main import main
 from fcnseg.data import get_dataset
 from fcnseg.evaluate import evaluate

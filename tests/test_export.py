@@ -11,10 +11,10 @@ from PIL import Image
 from torch import nn
 
 from fcnseg.cli.main import main
-from fcnseg.runtime.export import compare_outputs, export_model, load_exported
 from fcnseg.models import get_model
 from fcnseg.models.fcn import FCN
 from fcnseg.models.vgg import VGG16Trunk
+from fcnseg.runtime.export import compare_outputs, export_model, load_exported
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -382,9 +382,8 @@ class Tiny(nn.Module):
 
 @pytest.fixture(scope="module")
 def tiny() -> Segmenter:
-    from fcnseg.runtime.backends import TorchBackend
-
     from fcnseg.card import ModelCard
+    from fcnseg.runtime.backends import TorchBackend
 
     info = ModelInfo("tiny", ModelCard(model="", num_classes=4, class_names=list("abcd"),
                                        palette=np.zeros((4, 3), int).tolist()))

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED  # noqa: E402
 from torch import nn
 
+from conftest import SHARED  # noqa: E402
 from fcnseg import surgery
 from fcnseg.caffe.prototxt import net_layers, read_prototxt
 from fcnseg.errors import UserError

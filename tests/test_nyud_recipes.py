@@ -95,7 +95,8 @@ def test_nyud_recipe_feeds_the_reference_inputs(config, tmp_path, monkeypatch):
 
         def hook(module, inputs):
             x = inputs[0]
-            got = {k: v.detach().float().clone() for k, v in x.items()} if isinstance(x, dict) else {"": x.detach().clone()}
+            got = ({k: v.detach().float().clone() for k, v in x.items()} if isinstance(x, dict)
+                   else {"": x.detach().clone()})
             seen.append((module.training, got))
 
         net.register_forward_pre_hook(hook)
@@ -118,8 +119,8 @@ def test_nyud_recipe_feeds_the_reference_inputs(config, tmp_path, monkeypatch):
             assert got[name].shape == want.shape, (name, got[name].shape)
             torch.testing.assert_close(got[name], want, atol=1e-4, rtol=1e-5)
     # the weights file's card says what the net was fed, so eval/predict feed the same
-    from fcnseg.weights import read_meta
     from fcnseg.card import ModelCard
+    from fcnseg.weights import read_meta
 
     card = ModelCard.from_meta(read_meta(tmp_path / "run" / "best.safetensors"), source="best")
     keys = {"color": "image", "depth": "depth", "hha": "hha"}

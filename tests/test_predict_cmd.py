@@ -24,7 +24,7 @@ from fcnseg.weights import save_weights
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     """A shipped-format weights file: fcn8s_lite0, 11 classes, random non-zero score layers, fp16."""
-    from fcnseg.viz import camvid_palette, camvid_class_names
+    from fcnseg.viz import camvid_class_names, camvid_palette
 
     torch.manual_seed(0)
     net = get_model("fcn8s_lite0", 11)

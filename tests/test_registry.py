@@ -92,7 +92,6 @@ def test_every_parameter_gets_a_gradient(name):
 @pytest.mark.parametrize("name", REAL)
 def test_real_forward_and_the_fast_path(name):
     from conftest import randomise_
-
     from fcnseg.runtime.fast import optimize_for_inference
 
     torch.manual_seed(0)
@@ -111,7 +110,6 @@ def test_real_forward_and_the_fast_path(name):
 def test_onnx_export_runs_at_other_sizes(name, tmp_path):
     pytest.importorskip("onnxruntime")
     from conftest import randomise_
-
     from fcnseg.runtime.export import export_model
 
     net = randomise_(get_model(name))  # multi-input nets export their channel-concatenated form

@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from fcnseg.analysis.upper_bound import cell_centres, downsample_labels, parse_factors, reconstruct_labels, upper_bound
 from fcnseg.cli.main import main
 from fcnseg.errors import UserError
-from fcnseg.analysis.upper_bound import (cell_centres, downsample_labels, parse_factors, reconstruct_labels,
-                                upper_bound)
 
 
 class ToyDataset:

@@ -209,7 +209,8 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
                         if key not in group[0]:
                             continue
                         if head not in heads:
-                            names = list(getattr(dataset, f"{head}_class_names", [str(i) for i in range(logits.shape[1])]))
+                            generic = [str(i) for i in range(logits.shape[1])]
+                            names = list(getattr(dataset, f"{head}_class_names", generic))
                             heads[head] = (ConfusionMatrix(logits.shape[1], dataset.ignore_index).to(dev), names)
                         _update(heads[head][0], pred, torch.stack([s[key] for s in group]).to(dev), group)
             done += len(batch)

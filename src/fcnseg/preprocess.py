@@ -45,7 +45,8 @@ def get_normalization(name: str | Normalization) -> Normalization:
 def normalize(image: np.ndarray | Tensor, preset: str | Normalization = "imagenet") -> Tensor:
     """RGB uint8 ``H x W x 3`` (array or tensor) -> float32 ``3 x H x W`` tensor for the net.
 
-    The result is on the input's device (a CUDA tensor stays on its GPU). One pass: channel flip, scale, mean and std are folded into a single multiply-add.
+    The result is on the input's device (a CUDA tensor stays on its GPU). One pass: channel flip,
+    scale, mean and std are folded into a single multiply-add.
     """
     norm = get_normalization(preset)
     if isinstance(image, np.ndarray):

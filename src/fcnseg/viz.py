@@ -92,7 +92,8 @@ def _lut(pal: np.ndarray, size: int, ignore_color: Sequence[int]) -> np.ndarray:
     return lut
 
 
-def colorize(label: np.ndarray, palette: np.ndarray | Sequence, ignore_color: Sequence[int] = IGNORE_COLOR) -> np.ndarray:
+def colorize(label: np.ndarray, palette: np.ndarray | Sequence,
+             ignore_color: Sequence[int] = IGNORE_COLOR) -> np.ndarray:
     """Class-index map ``H x W`` -> RGB ``H x W x 3``; indices outside the palette get ``ignore_color``."""
     pal = _palette_array(palette)
     label = np.asarray(label)

@@ -263,7 +263,8 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
         raise UserError(f"unknown model {text!r}: not a file, a shipped model "
                         f"({', '.join(shipped) or 'none installed'}) or an architecture "
                         f"({', '.join(list_models())})")
-    return Segmenter(TorchBackend(net, dev, optimize=optimize), info, geometry_net=net, tile=tile, overlap=overlap, tta=tta)
+    return Segmenter(TorchBackend(net, dev, optimize=optimize), info, geometry_net=net, tile=tile, overlap=overlap,
+                     tta=tta)
 
 
 def _geometry_net(info: ModelInfo) -> nn.Module | None:

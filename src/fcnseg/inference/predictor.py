@@ -35,7 +35,8 @@ Image = Any  # a path, a PIL image or an H x W x 3 uint8 array
 class Segmenter:
     """A loaded model that segments images. Make one with :func:`fcnseg.load_model`.
 
-    Attributes: ``card`` (the :class:`~fcnseg.card.ModelCard`), ``name``, ``model`` (architecture), ``num_classes``, ``class_names``,
+    Attributes: ``card`` (the :class:`~fcnseg.card.ModelCard`), ``name``, ``model`` (architecture),
+    ``num_classes``, ``class_names``,
     ``palette`` (``K x 3`` uint8), ``normalization``, ``device``, ``backend``
     (``"torch"`` / ``"onnxruntime"``), ``trained``, ``net`` (the ``nn.Module``, torch
     backend only), ``receptive_field`` and ``tile_margin`` (pixels of context each
@@ -68,7 +69,8 @@ class Segmenter:
         self.backend = getattr(runner, "name", "torch")
         self.device = getattr(runner, "device", torch.device("cpu"))
         self.net: nn.Module | None = getattr(runner, "net", None)
-        self.receptive_field: int | None = getattr(geometry_net, "receptive_field", None) if geometry_net is not None else None
+        self.receptive_field: int | None = (getattr(geometry_net, "receptive_field", None)
+                                            if geometry_net is not None else None)
         self._radius = dependency_radius(geometry_net) if geometry_net is not None else None
         self._stride = model_stride(geometry_net) if geometry_net is not None else 32
         self.tile = self._check_tile(tile)
@@ -134,7 +136,8 @@ class Segmenter:
         from ..viz import default_palette
 
         if name not in self.heads:
-            raise UserError(f"model {self.name} has no head {name!r} (heads: {', '.join(self.heads) or 'one, unnamed'})")
+            raise UserError(f"model {self.name} has no head {name!r} "
+                            f"(heads: {', '.join(self.heads) or 'one, unnamed'})")
         if name == self._head:
             return self
         view = copy.copy(self)

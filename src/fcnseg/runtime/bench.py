@@ -221,10 +221,10 @@ def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, th
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Benchmark ``cfg.model`` as configured; returns every figure as a JSON-ready dict."""
     from ..complexity import count_flops, count_params, input_channels
-    from ..inference.loader import load_net
-    from .fast import cpu_has_vnni, default_threads, labels_from_logits, normalize_batch
     from ..inference import UntrainedModelWarning
+    from ..inference.loader import load_net
     from ..preprocess import get_normalization, normalize
+    from .fast import cpu_has_vnni, default_threads, labels_from_logits, normalize_batch
 
     say = progress or (lambda _msg: None)
     if cfg.batch < 1 or cfg.repeats < 1 or cfg.warmup < 0:
@@ -389,7 +389,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"latency      median {lat['median_ms']:.1f} ms  p10 {lat['p10_ms']:.1f}  p90 {lat['p90_ms']:.1f}  "
         f"min {lat['min_ms']:.1f} (per batch)",
         f"throughput   {r['images_per_s']:.2f} images/s  ({r['per_image_ms']:.1f} ms per image)",
-        f"compute      {r['achieved_gflops']:.1f} GFLOP/s achieved (executed FLOPs); fp32 GEMM {r['gemm']['n']}^3 in this run: "
+        f"compute      {r['achieved_gflops']:.1f} GFLOP/s achieved (executed FLOPs); "
+        f"fp32 GEMM {r['gemm']['n']}^3 in this run: "
         f"{r['gemm']['median_gflops']:.1f} GFLOP/s median ({r['gemm']['best_gflops']:.1f} best) -> "
         f"{r['pct_of_gemm_peak']:.0f}% of GEMM peak",
         f"memory       {r['memory']['mb']:.0f} MB ({r['memory']['kind']})",

@@ -236,7 +236,8 @@ def _range_note(program: Any, x: Tensor) -> str:
 
 # --------------------------------------------------------------------------- reading back
 def load_exported(path: str | Path, fmt: str, *, threads: int | None = None) -> Callable[[Tensor], Tensor]:
-    """A callable ``N x 3 x H x W`` tensor -> logits (a dict of them for a multi-task ONNX file) running the exported file."""
+    """A callable ``N x 3 x H x W`` tensor -> logits (a dict of them for a multi-task ONNX file) running the
+    exported file."""
     _check_format(fmt)
     path = Path(path)
     if not path.is_file():

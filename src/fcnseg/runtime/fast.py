@@ -41,7 +41,8 @@ from ..errors import UserError
 from .ort import onnx_session  # re-exported: fcnseg.runtime.fast.onnx_session
 
 __all__ = ["fold_batchnorm", "depthwise_upsampling", "optimize_for_inference", "FastModel",
-           "quantize_int8", "Int8Model", "onnx_session", "OnnxRunner", "cpu_has_vnni", "cpu_flags", "normalize_batch", "labels_from_logits",
+           "quantize_int8", "Int8Model", "onnx_session", "OnnxRunner", "cpu_has_vnni", "cpu_flags", "normalize_batch",
+           "labels_from_logits",
            "DTYPES"]
 
 Mode = Literal["eager", "jit", "compile", "onnxruntime"]

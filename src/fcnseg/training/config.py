@@ -33,13 +33,15 @@ class TrainConfig:
     model_options: dict = _f({}, "extra model builder options, e.g. {learnable_upsampling: true}")
     pretrained_backbone: bool = _f(False, "load ImageNet trunk weights shipped with the backbone package")
     init_from: str | None = _f(None, "transplant a coarser FCN's weights (checkpoint or .safetensors), e.g. 32s -> 16s")
-    backbone_weights: str | None = _f(None, "convolutionalize an ImageNet classifier state dict (torchvision VGG16 format)")
+    backbone_weights: str | None = _f(None, "convolutionalize an ImageNet classifier state dict "
+                                            "(torchvision VGG16 format)")
     # data
     dataset: str = _f("camvid", "data set name (camvid, voc, sbd, pascal-context, nyud, siftflow, folder)")
     data_root: str = _f("../shared/data/camvid", "data set root folder")
     train_split: str = _f("train", "training split")
     val_split: str | None = _f("val", "validation split (empty to skip validation)")
-    val_dataset: str | None = _f(None, "validation data set name if not the training one (VOC: train sbd, validate voc)")
+    val_dataset: str | None = _f(None, "validation data set name if not the training one "
+                                       "(VOC: train sbd, validate voc)")
     val_data_root: str | None = _f(None, "validation data set root if not data_root")
     dataset_options: dict = _f({}, "extra data set options (e.g. classes file for 'folder')")
     normalization: str | None = _f(None, "input preset: caffe or imagenet (default: the model's)")
@@ -68,9 +70,11 @@ class TrainConfig:
     class_weights: Any = _f(None, "none, median_freq, sqrt_median_freq, or a list of weights")
     loss_sampling_p: float = _f(0.0, "drop each output-stride cell from the loss with this probability")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
-    nan_policy: str = _f("stop", "on NaN/inf loss or gradients: stop (naming the step and the last good checkpoint) or skip the batch")
+    nan_policy: str = _f("stop", "on NaN/inf loss or gradients: stop (naming the step and the last good "
+                                 "checkpoint) or skip the batch")
     # speed
-    amp: str = _f("none", "mixed-precision autocast: none, fp16 (with loss scaling) or bf16; meant for CUDA, also runs on CPU")
+    amp: str = _f("none", "mixed-precision autocast: none, fp16 (with loss scaling) or bf16; meant for CUDA, "
+                          "also runs on CPU")
     channels_last: bool = _f(False, "channels-last memory format")
     device: str = _f("auto", "auto, cpu or cuda")
     threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)")
@@ -104,7 +108,8 @@ class TrainConfig:
     def validate(self, source: str = "config") -> None:
         checks = [
             (self.optimizer in ("sgd", "adamw"), f"optimizer must be sgd or adamw, got {self.optimizer!r}"),
-            (self.lr_schedule in ("fixed", "poly", "cosine"), f"lr_schedule must be fixed, poly or cosine, got {self.lr_schedule!r}"),
+            (self.lr_schedule in ("fixed", "poly", "cosine"),
+             f"lr_schedule must be fixed, poly or cosine, got {self.lr_schedule!r}"),
             (self.amp in ("none", "fp16", "bf16"), f"amp must be none, fp16 or bf16, got {self.amp!r}"),
             (self.nan_policy in ("stop", "skip"), f"nan_policy must be stop or skip, got {self.nan_policy!r}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
