@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fcnseg.caffe import Net, parse_prototxt, read_caffemodel, write_caffemodel
-from fcnseg.caffe.convert import conversion_meta, convert_caffemodel, export_caffemodel, model_to_caffe
+from fcnseg.caffe.convert import conversion_card, convert_caffemodel, export_caffemodel, model_to_caffe
 from fcnseg.cli.main import main
 from fcnseg.errors import UserError
 from fcnseg.models.layers import bilinear_kernel
@@ -326,7 +326,7 @@ def test_caffenet_classifier_is_convolutionalized(tmp_path):
     path, layers = _classifier_case(tmp_path, CAFFENET, 227)
     conv_map = {"conv1": "backbone.features.0", "conv2": "backbone.features.4", "conv5": "backbone.features.12"}
     model, report = _check_classifier(path, layers, "fcn32s_alexnet", conv_map, (256, 6, 6))
-    meta = json.loads(json.dumps(conversion_meta(model, report)))
+    meta = json.loads(json.dumps(conversion_card(model, report).to_meta()))
     assert meta["provenance"]["source"]["kind"] == "classifier" and meta["provenance"]["source"]["dropped"] == ["fc8"]
     assert meta["normalization"] == "caffe" and meta["num_classes"] == 21
 

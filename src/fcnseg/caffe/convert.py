@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -218,12 +218,6 @@ def conversion_card(model: nn.Module, report: ConversionReport, normalization: s
                        "kind": "classifier" if report.classifier else "fcn",
                        "convolutionalized": report.convolutionalized, "dropped": report.dropped,
                        "kept_init": report.kept_init}})
-
-
-def conversion_meta(model: nn.Module, report: ConversionReport, normalization: str | None = None,
-                    class_names: list[str] | None = None) -> dict[str, Any]:
-    """The weights-file metadata: :func:`conversion_card` as a metadata dict."""
-    return conversion_card(model, report, normalization, class_names).to_meta()
 
 
 VERIFY_TOLERANCE = 1e-4

@@ -127,11 +127,6 @@ class TrainConfig:
                 raise UserError(f"{source}: {msg}")
 
 
-def _type_of(f: dataclasses.Field) -> Any:
-    hints = typing.get_type_hints(TrainConfig)
-    return hints[f.name]
-
-
 def _parse_value(text: str) -> Any:
     """Command-line values are YAML scalars/lists: ``0.01``, ``true``, ``[288, 384]``, ``null``."""
     try:
@@ -150,24 +145,40 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's options, after those of the file its ``base:`` key names (a path relative to
+    it, itself possibly with a ``base:``): near-identical recipes (VOC 32s/16s/8s) state only what
+    differs; ``key: null`` in the file unsets what the base set."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found" + (f" (base of {chain[-1]})" if chain else "")) from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: expected a mapping of options, got {type(loaded).__name__}")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise UserError(f"{path}: base must be the path of another config file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in chain + (path.resolve(),):
+        raise UserError(f"{path}: base {base} includes itself")
+    return {**_read_yaml(base_path, chain + (path.resolve(),)), **loaded}
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults, then the YAML file at ``path``, then ``overrides`` (strings are parsed as YAML)."""
+    """Defaults, then the YAML file at ``path`` (after its ``base:`` file, if any), then ``overrides``
+    (strings are parsed as YAML)."""
     data: dict[str, Any] = {}
     source = "config"
     if path is not None:
         path = Path(path)
         source = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"{path}: expected a mapping of options, got {type(loaded).__name__}")
-        data.update(loaded)
+        data.update(_read_yaml(path))
     for key, value in (overrides or {}).items():
         data[key] = _parse_value(value) if isinstance(value, str) else value
     hints = typing.get_type_hints(TrainConfig)
