@@ -242,7 +242,7 @@ def test_cli_usage_errors(tmp_path, capsys):
     assert main(["convert", str(path), "--arch", "no_such_model", "--out", str(tmp_path / "o")]) == 2
     assert "unknown model 'no_such_model'" in capsys.readouterr().err
     assert main(["convert", str(path)]) == 2
-    assert "--arch and --out are required" in capsys.readouterr().err
+    assert "--model and --out are required" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "missing.caffemodel"), "--arch", "fcn32s_alexnet",
                  "--out", str(tmp_path / "o")]) == 2
     assert "no such caffemodel" in capsys.readouterr().err
