@@ -110,8 +110,8 @@ class Net(nn.Module):
     Args:
         prototxt: path of a net prototxt, or an already parsed one (dict), e.g. edited
             in memory.
-        caffemodel: optional weights, loaded by layer name with shape checks
-            (:meth:`load_caffemodel`).
+        caffemodel: optional weights (a file, or layers as :func:`read_caffemodel` returns
+            them), loaded by layer name with shape checks (:meth:`load_caffemodel`).
         phase: ``"TEST"`` or ``"TRAIN"``, for the layers' include/exclude rules.
         input_channels: channels of input blobs whose count the prototxt does not say
             (Python/Data layers). Otherwise taken from ``Input`` shapes, from the first
@@ -122,7 +122,8 @@ class Net(nn.Module):
     :meth:`forward_blobs` returns any blobs by name.
     """
 
-    def __init__(self, prototxt: str | Path | Mapping[str, Any], caffemodel: str | Path | None = None, *,
+    def __init__(self, prototxt: str | Path | Mapping[str, Any],
+                 caffemodel: str | Path | Iterable[CaffeLayer] | None = None, *,
                  phase: str = "TEST", input_channels: Mapping[str, int] | None = None) -> None:
         super().__init__()
         if phase not in ("TEST", "TRAIN"):
@@ -133,7 +134,8 @@ class Net(nn.Module):
             net_def, self.source = read_prototxt(prototxt), str(prototxt)
         self.phase = phase
         self.name = str(net_def.get("name", ""))
-        file_layers = read_caffemodel(caffemodel) if caffemodel is not None else None
+        file_layers = (None if caffemodel is None else read_caffemodel(caffemodel)
+                       if isinstance(caffemodel, (str, Path)) else list(caffemodel))
         self._hints = {layer.name: layer for layer in file_layers or [] if layer.blobs}
         self._given_channels = dict(input_channels or {})
         self.layer_modules = nn.ModuleDict()
