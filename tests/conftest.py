@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+# Tests compare against exact fp32 results; precision="auto" (which measures this machine) is
+# tested explicitly in test_choice.py / test_precision.py with this variable removed.
+os.environ.setdefault("FCNSEG_PRECISION", "fp32")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

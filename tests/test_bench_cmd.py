@@ -28,12 +28,12 @@ def check_result(r: dict) -> None:
 
 def test_bench_with_baseline_prints_and_writes_every_field(tmp_path, capsys):
     out = tmp_path / "r.json"
-    rc = main(["bench", "--model", "fcn8s_lite0", *TINY, "--baseline", "--json", str(out)])
+    rc = main(["bench", "--model", "fcn8s_lite0", *TINY, "--baseline", "--precision", "fp32", "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     for key in REPORT_LINES + ["baseline", "speed-up"]:
         assert any(line.startswith(key) for line in text.splitlines()), key
-    assert "% of GEMM peak" in text and "p10" in text and "p90" in text and "images/s" in text
+    assert "% of the " in text and "GEMM rate" in text and "p10" in text and "p90" in text and "images/s" in text
     r = json.loads(out.read_text())
     check_result(r)
     assert "folded 49 BatchNorm" in r["method"] and "channels_last" in r["method"]
@@ -44,7 +44,8 @@ def test_bench_with_baseline_prints_and_writes_every_field(tmp_path, capsys):
 
 
 def test_bench_end_to_end_from_decoded_image(capsys):
-    rc = main(["bench", "--model", "fcn8s_lite0", *TINY, "--end-to-end", "--baseline", "--no-channels-last"])
+    rc = main(["bench", "--model", "fcn8s_lite0", *TINY, "--end-to-end", "--baseline", "--no-channels-last",
+               "--precision", "fp32"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "decoded uint8 image -> label map" in text and "label_agreement 1" in text
@@ -52,7 +53,7 @@ def test_bench_end_to_end_from_decoded_image(capsys):
 
 def test_bench_library_onnxruntime_and_int8():
     r = run_bench(BenchConfig(model="fcn32s_lite0", size=(32, 48), warmup=1, repeats=2, gemm_size=128,
-                              num_classes=3, backend="onnxruntime", baseline=True, threads=1))
+                              num_classes=3, backend="onnxruntime", baseline=True, threads=1, dtype="fp32"))
     check_result(r)
     assert "onnxruntime" in r["method"] and r["agreement"]["max_rel_diff"] < 1e-4
     q = run_bench(BenchConfig(model="fcn32s_lite0", size=(32, 48), warmup=1, repeats=2, gemm_size=128,
@@ -60,6 +61,9 @@ def test_bench_library_onnxruntime_and_int8():
                               threads=1))
     check_result(q)
     assert "int8" in q["method"] and q["dtype"] == "int8"
+    # the share is of onnxruntime's own int8 GEMM (MatMulInteger), not of the fp32 rate
+    assert q["gemm"]["dtype"] == "int8" and "MatMulInteger" in q["gemm"]["what"]
+    assert q["gemm_fp32"]["dtype"] == "fp32" and q["pct_of_fp32_gemm"] > 0
     assert "cpu" in format_report(q)
 
 
@@ -92,3 +96,34 @@ def test_parse_size_and_gemm_rate():
 
     g = measure_gemm_rate(torch.device("cpu"), 64, repeats=2)
     assert g["n"] == 64 and g["best_gflops"] >= g["median_gflops"] > 0
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
+def test_gemm_rate_of_each_dtype(dtype):
+    import torch
+
+    g = measure_gemm_rate(torch.device("cpu"), 64, repeats=2, dtype=dtype)
+    assert g["dtype"] == dtype and g["median_gflops"] > 0 and dtype in g["what"]
+
+
+def test_bench_precision_auto_names_the_path_and_why(monkeypatch):
+    """auto takes the device's first candidate (here: made-up CPUs) and says so in the report."""
+    import fcnseg.runtime.choice as choice
+
+    monkeypatch.setattr(choice.CpuFeatures, "detect", classmethod(lambda cls: cls(frozenset({"avx2"}))))
+    r = run_bench(BenchConfig(model="fcn32s_lite0", size=(32, 48), warmup=1, repeats=1, gemm_size=64,
+                              num_classes=3, threads=1, dtype="auto"))
+    assert r["dtype"] == "fp32" and "candidates none" in r["precision_choice"]
+    assert "precision auto" in format_report(r)
+    monkeypatch.setattr(choice.CpuFeatures, "detect",
+                        classmethod(lambda cls: cls(frozenset({"avx2", "avx512f", "avx512_bf16"}))))
+    r = run_bench(BenchConfig(model="fcn32s_lite0", size=(32, 48), warmup=1, repeats=1, gemm_size=64,
+                              num_classes=3, threads=1, dtype="auto"))
+    # the faster of fp32 and bf16, measured on this machine, and both times are reported
+    assert "avx512_bf16" in r["precision_choice"] and "measured here: fp32" in r["precision_choice"]
+    assert r["dtype"] in ("fp32", "bf16") and r["precision_choice"].endswith("-> " + r["dtype"])
+    assert ("bfloat16" in r["method"]) == (r["dtype"] == "bf16")
+    assert r["gemm"]["dtype"] == r["dtype"] and r["gemm_fp32"]["dtype"] == "fp32"
+    r = run_bench(BenchConfig(model="fcn32s_lite0", size=(32, 48), warmup=1, repeats=1, gemm_size=64,
+                              num_classes=3, threads=1, freeze=True, optimize=False, dtype="auto"))
+    assert "TorchScript freeze" in r["method"]

@@ -75,6 +75,11 @@ def test_one_vocabulary_on_the_command_line():
         assert _option(subs[name], "--model") is not None, name
     for name in ("predict", "eval", "bench"):
         assert _option(subs[name], "--batch-size") is not None, name
+    for name in ("predict", "eval", "bench", "demo"):  # one --precision; eval keeps exact scores by default
+        opt = _option(subs[name], "--precision")
+        assert opt is not None and opt.dest == "precision", name
+        assert tuple(opt.choices) == ("auto", "fp32", "bf16", "fp16", "int8"), name
+        assert opt.default == ("fp32" if name == "eval" else None), name
 
 
 def test_deprecated_spellings_still_parse():
@@ -83,8 +88,8 @@ def test_deprecated_spellings_still_parse():
     parser = build_parser()
     args = parser.parse_args(["convert", "x.caffemodel", "--arch", "fcn8s_vgg16", "--out", "o.safetensors"])
     assert args.model == "fcn8s_vgg16"
-    args = parser.parse_args(["bench", "--model", "fcn8s_lite0", "--batch", "3"])
-    assert args.batch_size == 3
+    args = parser.parse_args(["bench", "--model", "fcn8s_lite0", "--batch", "3", "--dtype", "bf16"])
+    assert args.batch_size == 3 and args.precision == "bf16"
 
 
 def test_json_to_stdout_or_to_a_file(tmp_path, capsys):

@@ -224,3 +224,23 @@ def test_bad_input_exit_codes(small_camvid, tmp_path, capsys):
     assert "predicts 21 classes but the data set has 11" in capsys.readouterr().err
     assert main(base + ["--root", str(small_camvid), "--confusion", str(tmp_path / "cm.txt")]) == 2
     assert "--confusion must end in" in capsys.readouterr().err
+
+
+def test_eval_precision_fp32_by_default_and_bf16_on_request(small_camvid, tmp_path):
+    """eval scores exact fp32 unless asked; --precision bf16 scores the bf16 path (close, not equal)."""
+    runs = {}
+    for extra in ([], ["--precision", "bf16"]):
+        out = tmp_path / f"{len(runs)}.json"
+        assert main(["eval", "--model", "camvid-fcn8s-lite0", "--dataset", "camvid", "--root", str(small_camvid),
+                     "--json", str(out), "--quiet", *extra]) == 0
+        runs[tuple(extra)] = json.loads(out.read_text())
+    fp32, bf16 = runs[()], runs[("--precision", "bf16")]
+    import fcnseg
+    from fcnseg.data import get_dataset
+    from fcnseg.evaluate import evaluate
+
+    exact = evaluate(fcnseg.load_model("camvid-fcn8s-lite0", precision="fp32", optimize=False).net,
+                     get_dataset("camvid", small_camvid, "val"), progress=False)
+    np.testing.assert_array_equal(np.asarray(fp32["confusion"]), exact.confusion.numpy())
+    assert abs(bf16["mean_iou"] - fp32["mean_iou"]) < 0.01
+    assert not np.array_equal(np.asarray(bf16["confusion"]), np.asarray(fp32["confusion"]))

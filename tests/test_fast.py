@@ -187,3 +187,21 @@ def test_cpu_has_vnni_agrees_with_cpuinfo():
         assert "avx512_vnni" not in flags.split() and "avx_vnni" not in flags.split()
     else:
         assert found in flags.split()
+
+
+def test_rewrites_follow_the_device_plan(lite0, monkeypatch):
+    """CPU: depthwise upsampling; a CUDA plan (tested without a GPU): the dense upsampling kept."""
+    import fcnseg.runtime.fast as fast
+    from fcnseg.runtime.choice import DeviceSpec, plan_rewrites
+
+    cpu = optimize_for_inference(lite0)
+    assert any("depthwise" in s for s in cpu.steps) and cpu.channels_last
+    assert_same_logits(lite0, cpu)
+    monkeypatch.setattr(fast, "device_plan", lambda model, fixed_size=False: plan_rewrites(
+        DeviceSpec("cuda", cuda_capability=(9, 0)), fixed_size=fixed_size))
+    as_on_cuda = fast.optimize_for_inference(lite0, fixed_size=True)
+    assert not any("depthwise" in s for s in as_on_cuda.steps)
+    assert as_on_cuda.channels_last and as_on_cuda.cudnn_benchmark and "cudnn.benchmark" in as_on_cuda.steps
+    assert all(m.groups == 1 for m in as_on_cuda.eager_net.modules() if isinstance(m, nn.ConvTranspose2d))
+    assert_same_logits(lite0, as_on_cuda)  # cudnn.benchmark is inert on the CPU
+    assert not torch.backends.cudnn.benchmark  # set only while the net runs

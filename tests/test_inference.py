@@ -342,7 +342,11 @@ def test_tile_plan_rounds_to_the_stride(model):
     assert model.tile_grid(300, 400, tile=160, overlap=128) is not None
     assert model.tile_grid(300, 400, tile=0) is None
     assert model.tile_grid(1000, 1000) is None  # 'auto' leaves small images whole
-    assert model.tile_grid(3000, 3000).tile == 1024
+    import copy  # 'auto' above the memory budget: the largest windows that fit (see test_auto_tiles_...)
+
+    tight = copy.copy(model)
+    tight.memory_budget = int(model.bytes_per_pixel * 2000 * 2000)
+    assert tight.tile_grid(3000, 3000).tile == (2000 - 2 * 480) // 32 * 32
     g = plan_tiles(100, 100, 50, overlap=None, radius=None, stride=32)
     assert g.tile == 64 and g.margin == 32  # unknown geometry: a documented tile/4 margin
 
@@ -592,3 +596,56 @@ def test_onnx_file_with_broken_metadata_is_refused(onnx_file, tmp_path, bad):
     onnx.save(proto, str(path))
     with pytest.raises(UserError, match="'fcnseg' metadata is not valid JSON"):
         load_model(path)
+
+
+def test_auto_tiles_from_the_memory_budget(model):
+    """tile="auto": the whole image when it fits the budget, else the largest windows that fit;
+    either way the labels equal whole-image inference."""
+    import copy
+
+    from fcnseg.inference.tiling import auto_tile_size
+
+    bpp = model.bytes_per_pixel
+    assert 150 < bpp < 1000  # fcn8s_lite0, 11 classes: measured peak growth ~155 B/px on the CPU
+    img = image(96, 1500)
+    roomy = copy.copy(model)
+    roomy.memory_budget = int(bpp * 96 * 1500) + 1
+    assert roomy.tile_grid(96, 1500) is None
+    tight = copy.copy(model)
+    tight.memory_budget = int(bpp * 96 * 1500 * 0.9)
+    grid = tight.tile_grid(96, 1500)
+    assert grid is not None and len(grid) >= 2 and grid.margin == model.tile_margin
+    assert grid.tile == auto_tile_size(96, 1500, bpp, tight.memory_budget, model.tile_margin, 32)
+    lab, prob = tight.predict(img, return_probs=True)
+    ref_lab, ref_prob = model.predict(img, return_probs=True, tile=0)
+    np.testing.assert_allclose(prob, ref_prob, atol=1e-5)
+    sure = decisive(ref_prob)
+    np.testing.assert_array_equal(lab[sure], ref_lab[sure])
+    # predict_batch stacks only as many images as the budget holds, with the same labels
+    two = copy.copy(model)
+    two.memory_budget = int(bpp * 96 * 128 * 2.5)
+    assert two.batch_fits(96, 128, 8) == 2
+    batch = [image(96, 128, seed=s) for s in range(3)]
+    for got, im in zip(two.predict_batch(batch, batch_size=8), batch):
+        np.testing.assert_array_equal(got, model.predict(im, tile=0))
+
+
+def test_auto_tile_size_shrinks_the_margin_share():
+    from fcnseg.inference.tiling import TileGrid, auto_tile_size
+
+    bpp, margin = 300.0, 480  # Lite0-like
+    assert auto_tile_size(1000, 1000, bpp, 10 ** 9, margin) == 0  # fits: whole image
+    small = auto_tile_size(6000, 6000, bpp, 2 * 2 ** 30, margin)
+    big = auto_tile_size(6000, 6000, bpp, 8 * 2 ** 30, margin)
+    assert 0 < small < big and big % 32 == 0 and small % 32 == 0
+    side = 2 * margin + big
+    assert side * side * bpp <= 8 * 2 ** 30  # the window fits the budget
+
+    def computed_share(tile: int, n: int = 6000) -> float:
+        grid = TileGrid(n, n, tile, margin)
+        spans = grid.spans(n, tile, margin)
+        return (sum(w1 - w0 for w0, w1, _, _ in spans) / n) ** 2
+
+    assert computed_share(big) < 1.5 < computed_share(1024)
+    # a budget too small for even one margin's window still gives a usable (if costly) tile
+    assert auto_tile_size(6000, 6000, bpp, 10 ** 6, margin) >= margin

@@ -361,3 +361,54 @@ def test_predict_files_is_a_library_call(tmp_path):
 
     with pytest.raises(UserError, match="batch_size must be >= 1"):
         model.predict_files(src, tmp_path / "out2", batch_size=0)
+
+
+def test_plan_jobs_takes_this_ranks_share(tmp_path):
+    """Under torchrun each rank plans every N-th sorted file; a rank with no share is not an error."""
+    import numpy as np
+    from PIL import Image
+
+    from fcnseg.inference.files import plan_jobs
+    from fcnseg.inference.shard import Shard
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("c.png", "a.png", "b.png"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(src / name)
+    every, _ = plan_jobs([src], tmp_path / "out")
+    r0, _ = plan_jobs([src], tmp_path / "out", shard=Shard(0, 2))
+    r1, _ = plan_jobs([src], tmp_path / "out", shard=Shard(1, 2))
+    assert [p.name for p, _ in r0] == ["a.png", "c.png"] and [p.name for p, _ in r1] == ["b.png"]
+    assert sorted(r0 + r1) == sorted(every)
+    r4, _ = plan_jobs([src / "a.png"], tmp_path / "out", shard=Shard(3, 4))
+    assert r4 == []
+
+
+def test_torchrun_shards_files_across_ranks(weights, images, tmp_path):
+    """torchrun, 2 CPU processes (gloo): each file written once, in one tree, equal to one process's
+    output; a bad file on one rank makes both ranks exit 1; rank 0 prints the totals."""
+    from fcnseg.inference.shard import Shard
+
+    assert [j for j in Shard(1, 2).take([("c",), ("a",), ("b",)])] == [("b",)]  # sorted, every 2nd
+    assert Shard(0, 2, 1).device("cpu") == "cpu"
+    (images / "fake.png").write_text("not a png")
+    single, multi = tmp_path / "one", tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path),
+           "FCNSEG_PRECISION": "fp32"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    assert main(["predict", str(images), "--model", str(weights), "--out", str(single), "--device", "cpu",
+                 "-q"]) == 1
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0",
+                          "-m", "fcnseg.cli.main", "predict", str(images), "--model", str(weights),
+                          "--out", str(multi), "--device", "cpu"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode != 0  # torchrun: a rank exited 1 (the bad file), reported as a failure
+    assert "fake.png" in run.stderr and "wrote 3 label map(s)" in run.stderr and "(2 processes)" in run.stderr
+    assert run.stderr.count("1 image(s) failed") == 1  # one summary, from rank 0, with the total
+    got = sorted(p.relative_to(multi).as_posix() for p in multi.rglob("*.png"))
+    assert got == sorted(p.relative_to(single).as_posix() for p in single.rglob("*.png")) == \
+        ["a.png", "b.png", "sub/c.png"]
+    for rel in got:
+        np.testing.assert_array_equal(np.asarray(Image.open(multi / rel)), np.asarray(Image.open(single / rel)))

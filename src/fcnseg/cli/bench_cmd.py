@@ -5,26 +5,28 @@ import argparse
 import sys
 
 from ..errors import UserError
-from .common import add_batch_size, add_device, add_json, check_json_path, emit_json
+from .common import add_batch_size, add_device, add_json, add_precision, check_json_path, emit_json
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench", help="time a model's inference and compare it with this machine's GEMM rate",
         description="Time a model at one input size: counted GFLOPs, parameters, latency per batch (median, p10, "
-                    "p90 after warm-up), images/s, achieved GFLOP/s, this machine's fp32 GEMM rate measured in "
-                    "the same run with the same threads and the share of it achieved, and peak memory. "
-                    "--baseline also times a plain eager NCHW fp32 forward in the same process (repeats "
-                    "interleaved) and prints the speed-up. Numbers depend on the load of the machine: the load "
-                    "average is printed with them.")
+                    "p90 after warm-up), images/s, achieved GFLOP/s, this machine's GEMM rate in the same "
+                    "precision measured in the same run with the same threads and the share of it achieved, "
+                    "and peak memory. --baseline also times a plain eager NCHW fp32 forward in the same "
+                    "process (repeats interleaved) and prints the speed-up. Numbers depend on the load of the "
+                    "machine: the load average is printed with them.")
     p.add_argument("--model", "-m", required=True,
                    help="architecture name, shipped model name, or a .safetensors / .pt weights file")
     p.add_argument("--size", default="500x500", help="input height x width (default 500x500)")
     add_batch_size(p, 1, "images per forward pass", old="--batch")
     add_device(p)
-    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16", "int8"), default="fp32",
-                   help="precision: fp16 (CUDA), bf16, or int8 (CPU, post-training static quantisation, "
-                        "calibrated on random inputs: speed only; see scripts/int8_accuracy.py for accuracy)")
+    add_precision(p, help="auto (default, or $FCNSEG_PRECISION): the lower precisions this device runs well "
+                          "(bf16 with AMX/avx512_bf16, fp16 on CUDA; see docs/performance.md) timed against fp32, "
+                          "the fastest benchmarked, printed with the reason; fp32; fp16 (CUDA); bf16; int8 (CPU, "
+                          "post-training static quantisation calibrated on random inputs: speed only; see "
+                          "scripts/int8_accuracy.py for accuracy)", old="--dtype")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                    help="execution engine (onnxruntime: exported to ONNX in a temporary folder first)")
     p.add_argument("--baseline", action="store_true",
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--compile and --freeze are alternatives; choose one")
     check_json_path(args.json)
     cfg = BenchConfig(model=args.model, size=parse_size(args.size), batch=args.batch_size, device=args.device,
-                      dtype=args.dtype, backend=args.backend, channels_last=args.channels_last,
+                      dtype=args.precision, backend=args.backend, channels_last=args.channels_last,
                       optimize=args.optimize, freeze=args.freeze, compile=args.compile, baseline=args.baseline,
                       end_to_end=args.end_to_end, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
                       num_classes=args.num_classes, gemm_size=args.gemm_size)

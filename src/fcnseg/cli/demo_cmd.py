@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import UserError
-from .common import add_device
+from .common import add_device, add_precision
 
 DEFAULT_MODEL = "camvid-fcn8s-lite0"
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "camvid"
@@ -34,6 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", default=DEFAULT_MODEL,
                    help=f"a trained 11-class CamVid model: shipped name or weights file (default: {DEFAULT_MODEL})")
     add_device(p)
+    add_precision(p)
     p.add_argument("--quiet", "-q", action="store_true", help="print only the scores")
     return p
 
@@ -48,7 +49,7 @@ def sample_pairs() -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _load(model_arg: str, device: str):
+def _load(model_arg: str, device: str, precision: str | None = None):
     from ..inference import (
         UntrainedModelWarning,
         list_shipped_models,
@@ -68,7 +69,7 @@ def _load(model_arg: str, device: str):
                         "reinstall fcnseg or pass --model WEIGHTS_FILE")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UntrainedModelWarning)
-        model = load_model(model_arg, device=device)
+        model = load_model(model_arg, device=device, precision=precision)
     if not model.trained:
         raise UserError(f"demo needs trained weights; {model_arg!r} has none")
     if model.num_classes != 11:
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     pairs = sample_pairs()
     out = _check_out_dir(args.out)
-    model = _load(args.model, args.device)
+    model = _load(args.model, args.device, args.precision)
     names = model.class_names if len(model.class_names) == 11 else camvid_class_names()
     palette = model.palette
     # the pictures also name CamVid's void label (11), drawn black and not scored

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .common import add_batch_size, add_device, add_json, check_json_path, emit_json
+from .common import add_batch_size, add_device, add_json, add_precision, check_json_path, emit_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--tta", default=None, metavar="SPEC",
                    help="test-time augmentation as in `fcnseg predict --tta`, e.g. flip,scales=0.75,1,1.25 "
                         "(probabilities of all views averaged)")
+    add_precision(p, default="fp32",
+                  help="inference precision (default fp32: exact scores; auto: the fastest accurate path of "
+                       "this machine, as predict uses; int8: CPU, calibrated on the shipped CamVid samples)")
     p.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N images")
     p.add_argument("--normalization", choices=["caffe", "imagenet"], default=None,
@@ -102,14 +105,15 @@ def run(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     options = _parse_options(args.dataset_option)
 
-    model, card = _load(args.model, device)
+    model, card = _load(args.model, device, precision=args.precision)
     dataset_name = args.dataset or card.dataset
     if not dataset_name:
         raise UserError(f"{args.model}: no data set recorded with this model; pass --dataset")
     options = {**card.dataset_options(dataset_name), **options}
     dataset = get_dataset(dataset_name, args.root, args.split, **options)
     if not card.trained and card.num_classes != dataset.num_classes:
-        model, card = _load(args.model, device, num_classes=dataset.num_classes)  # size the untrained output
+        model, card = _load(args.model, device, num_classes=dataset.num_classes,  # size the untrained output
+                            precision=args.precision)
     if not card.trained:
         print(f"fcnseg eval: warning: {args.model!r} is an untrained architecture; expect near-chance scores",
               file=sys.stderr)
@@ -148,14 +152,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- model resolution
-def _load(spec: str, device, num_classes: int | None = None):
+def _load(spec: str, device, num_classes: int | None = None, precision: str = "fp32"):
     """The PyTorch net and its model card (:func:`fcnseg.inference.load_net`, one resolution rule for
-    every command); eval scores the PyTorch net itself, so an ONNX file is refused there."""
+    every command); eval scores the PyTorch net itself, so an ONNX file is refused there. ``fp32``:
+    the plain module (exact scores); another precision: the module that runs the net in it."""
     from ..inference import UntrainedModelWarning, load_net
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedModelWarning)  # eval prints its own one-line warning
-        return load_net(spec, device=device, num_classes=num_classes, purpose="evaluation (fcnseg predict runs it)")
+        return load_net(spec, device=device, num_classes=num_classes, purpose="evaluation (fcnseg predict runs it)",
+                        precision=precision)
 
 
 def _resolve_device(name: str):

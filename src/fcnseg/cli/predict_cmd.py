@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import UserError
-from .common import add_batch_size, add_device
+from .common import add_batch_size, add_device, add_precision
 
 DEFAULT_MODEL = "camvid-fcn8s-lite0"
 
@@ -27,8 +27,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "sem + geo) also write OUT/<name>_<head>.png for each head besides the main one; "
                     "multi-input models (RGB-D, RGB + HHA) cannot run on image files alone and are refused. "
                     "Any image size works: "
-                    "images above ~4 megapixels are tiled with enough overlap that the result equals "
-                    "whole-image inference. Exit status: 0 all done, 1 some images failed (named on stderr), "
+                    "images too big for the memory available are tiled with enough overlap that the result "
+                    "equals whole-image inference. Under torchrun (--nproc_per_node N) each process takes every "
+                    "N-th input file, on its own GPU (cuda:LOCAL_RANK) or the CPU, into one output tree. "
+                    "Exit status: 0 all done, 1 some images failed (named on stderr), "
                     "2 nothing done (user error).")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (searched recursively) or quoted globs such as 'shots/**/*.jpg'")
@@ -42,9 +44,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="also write <name>_probs.npy, class probabilities C x H x W float32 (large!)")
     add_batch_size(p, 4, "images per forward pass; only images of equal size are batched")
     add_device(p)
+    add_precision(p)
     p.add_argument("--tile", default="auto",
                    help="tile core size in pixels for tiled inference, 0 = never tile, 'auto' (default) = "
-                        "tile images above ~4 megapixels with 1024-pixel cores")
+                        "the whole image when its forward fits half the memory available, else the largest "
+                        "tiles that fit (ONNX models: images above ~4 megapixels in 1024-pixel cores)")
     p.add_argument("--overlap", type=int, default=None,
                    help="overlap of neighbouring tile windows in pixels (default: enough for the model's "
                         "receptive field, which makes tiling exact; smaller is faster but may differ at seams)")
@@ -78,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..inference import load_model, parse_tta
     from ..inference.files import plan_jobs, run_jobs
+    from ..inference.shard import shard_from_env
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -88,14 +93,16 @@ def run(args: argparse.Namespace) -> int:
     tile = _parse_tile(args.tile)
     tta = parse_tta(args.tta)
     existed = args.out.expanduser().exists()
-    jobs, out = plan_jobs(args.inputs, args.out)
+    shard = shard_from_env()  # under torchrun: this rank's files, on this rank's device
+    jobs, out = plan_jobs(args.inputs, args.out, shard=shard)
+    device = shard.device(args.device)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            model = load_model(args.model, device=args.device, num_classes=args.num_classes,
+            model = load_model(args.model, device=device, num_classes=args.num_classes,
                                backend=args.backend, tile=tile, overlap=args.overlap, tta=tta,
-                               optimize=not args.eager)
+                               optimize=not args.eager, precision=args.precision)
             model.check_rgb_input()  # a multi-input net cannot run on image files: say so before any work
         except UserError:
             if not existed:  # leave no empty output folder behind
@@ -111,10 +118,12 @@ def run(args: argparse.Namespace) -> int:
         tqdm.write(f"fcnseg predict: {message}", file=sys.stderr)
 
     result = run_jobs(model, jobs, out, overlay=args.overlay, alpha=args.alpha, probs=args.probs,
-                      batch_size=args.batch_size, progress=not args.quiet, on_error=report)
-    if not args.quiet:
-        msg = f"fcnseg predict: wrote {len(result.written)} label map(s) to {out}"
-        if result.failed:
-            msg += f"; {len(result.failed)} image(s) failed"
+                      batch_size=args.batch_size, progress=not args.quiet, on_error=report, shard=shard)
+    if not args.quiet and shard.rank == 0:
+        msg = f"fcnseg predict: wrote {result.total_written} label map(s) to {out}"
+        if result.processes > 1:
+            msg += f" ({result.processes} processes)"
+        if result.total_failed:
+            msg += f"; {result.total_failed} image(s) failed"
         print(msg, file=sys.stderr)
-    return 1 if result.failed else 0
+    return 1 if result.total_failed else 0

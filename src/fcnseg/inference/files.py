@@ -6,6 +6,12 @@ or globs, expanded by :func:`fcnseg.imageio.collect_image_jobs`. Reading, infere
 writing overlap (two reader and two writer threads); images of equal size are batched;
 images big enough to be tiled go one by one, their probabilities written band by band.
 A bad image is reported (``on_error``) and skipped; the others are still written.
+
+Under ``torchrun`` (a :class:`~fcnseg.inference.shard.Shard` with several processes) each
+process takes every N-th sorted input file (:func:`plan_jobs`), runs on its own device
+(:meth:`Shard.device <fcnseg.inference.shard.Shard.device>`, for loading the model) and
+writes into the one output tree; :func:`run_jobs` then adds up every process's counts, so
+each process sees the totals (and returns the same exit status from ``fcnseg predict``).
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from pathlib import Path, PurePath
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import UserError
+from .shard import Shard
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +36,18 @@ Job = tuple[Path, PurePath]
 
 @dataclass
 class FilesResult:
-    """What :func:`run_jobs` wrote: the label maps, and each failed image with its one-line reason."""
+    """What :func:`run_jobs` wrote: the label maps, and each failed image with its one-line reason.
+
+    ``written`` and ``failed`` are this process's; ``total_written`` / ``total_failed`` count
+    every process of a sharded (``torchrun``) run, ``processes`` of them (1 otherwise).
+    """
 
     out: Path
     written: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    total_written: int = 0
+    total_failed: int = 0
+    processes: int = 1
 
 
 def check_out_dir(out: str | Path) -> Path:
@@ -61,10 +75,12 @@ def _within(path: Path, folder: Path) -> bool:
         return False
 
 
-def plan_jobs(inputs: Iterable[str | Path], out: str | Path) -> tuple[list[Job], Path]:
+def plan_jobs(inputs: Iterable[str | Path], out: str | Path, shard: Shard | None = None) -> tuple[list[Job], Path]:
     """Expand ``inputs`` into ``(image, output stem)`` jobs and create the output folder.
 
     Images found inside ``out`` (earlier outputs) are left out unless named explicitly.
+    With an active ``shard`` (``torchrun``), only this process's share: every N-th job by
+    sorted path (possibly none; the check for no images at all is made before the split).
     """
     from ..imageio import collect_image_jobs
 
@@ -75,6 +91,8 @@ def plan_jobs(inputs: Iterable[str | Path], out: str | Path) -> tuple[list[Job],
     jobs = [(p, s) for p, s in jobs if str(p) in explicit or not _within(p, folder)]  # never re-read our outputs
     if not jobs:
         raise UserError(f"no input images outside the output folder {folder}")
+    if shard is not None and shard.active:
+        jobs = shard.take(jobs)
     return jobs, folder
 
 
@@ -134,14 +152,17 @@ def _default_on_error(path: Path, message: str) -> None:
 
 def run_jobs(model, jobs: Sequence[Job], out: Path, *, overlay: bool = False, alpha: float = 0.5,
              probs: bool = False, batch_size: int = 4, progress: bool = False,
-             on_error: Callable[[Path, str], None] | None = None) -> FilesResult:
+             on_error: Callable[[Path, str], None] | None = None, shard: Shard | None = None) -> FilesResult:
     """Segment every ``(image, stem)`` job with ``model`` (a :class:`Segmenter`) into ``out``.
 
     Writes ``out/<stem>.png`` (palette PNG of class indices), with ``overlay``
     ``<stem>_overlay.png`` (colours blended with opacity ``alpha``), with ``probs``
     ``<stem>_probs.npy`` (``C x H x W`` float32), and ``<stem>_<head>.png`` for each extra
     head of a two-head net. ``on_error(path, message)`` hears of every image that failed
-    (default: a logged warning); the others are still written.
+    (default: a logged warning); the others are still written. With an active ``shard``
+    (``jobs`` being this process's share, see :func:`plan_jobs`) the progress bar shows on
+    rank 0 only, and the result's totals are added up over all processes (collective: every
+    process must call this).
     """
     from tqdm import tqdm
 
@@ -155,7 +176,9 @@ def run_jobs(model, jobs: Sequence[Job], out: Path, *, overlay: bool = False, al
     report = on_error or _default_on_error
     result = FilesResult(out=out)
     writer = _Writer(model, out, overlay, alpha, probs)
-    bar = tqdm(total=len(jobs), unit="img", desc="predict", file=sys.stderr, disable=None if progress else True,
+    sharded = shard is not None and shard.active
+    show = progress and not (sharded and shard.rank)  # one bar: rank 0's
+    bar = tqdm(total=len(jobs), unit="img", desc="predict", file=sys.stderr, disable=None if show else True,
                dynamic_ncols=True)
 
     def fail(path: Path, exc: BaseException) -> None:
@@ -209,6 +232,11 @@ def run_jobs(model, jobs: Sequence[Job], out: Path, *, overlay: bool = False, al
                 finish(p, fut)
     finally:
         bar.close()
+    result.total_written, result.total_failed = len(result.written), len(result.failed)
+    if sharded:  # every process's counts: one summary, the same exit status everywhere
+        result.total_written, result.total_failed = shard.sum(result.total_written, result.total_failed)
+        result.processes = shard.world
+        shard.close()
     return result
 
 

@@ -19,14 +19,26 @@ from ..errors import UserError
 from ..imageio import as_rgb_array
 from ..preprocess import get_normalization, normalize
 from .info import ModelInfo
-from .tiling import TileGrid, dependency_radius, model_stride, plan_tiles, predict_tiled
+from .tiling import (
+    TileGrid,
+    auto_tile_size,
+    bytes_per_pixel,
+    dependency_radius,
+    memory_budget,
+    model_stride,
+    plan_tiles,
+    predict_tiled,
+)
 from .tta import TTA, parse_tta, tta_probs
 
 __all__ = ["Segmenter", "AUTO_TILE", "AUTO_TILE_PIXELS"]
 
-#: with ``tile="auto"``, images of more pixels than this are tiled ...
+#: with ``tile="auto"`` and a model whose memory per pixel is not known (an ONNX file),
+#: images of more pixels than this are tiled ...
 AUTO_TILE_PIXELS = 2048 * 2048
-#: ... with cores of this size (windows of ~2000 px with the Lite0 margin; see tiling.py)
+#: ... with cores of this size (windows of ~2000 px with the Lite0 margin; see tiling.py).
+#: A PyTorch model instead runs whole images that fit half the available memory, and
+#: bigger ones in the largest tiles that fit (tiling.auto_tile_size).
 AUTO_TILE = 1024
 
 Image = Any  # a path, a PIL image or an H x W x 3 uint8 array
@@ -75,6 +87,9 @@ class Segmenter:
         self._stride = model_stride(geometry_net) if geometry_net is not None else 32
         self.tile = self._check_tile(tile)
         self.overlap = overlap
+        #: bytes a forward may use for auto tiling and batching (None: half the memory available now)
+        self.memory_budget: int | None = None
+        self._bpp: float | None = None
         self.tta = parse_tta(tta)
         self.label_dtype = np.uint8 if self.num_classes <= 256 else np.int32
         arch = self.net if self.net is not None else geometry_net
@@ -117,14 +132,39 @@ class Segmenter:
         """The tiling used for an ``height x width`` image (None: the whole image in one pass)."""
         t = self.tile if tile is None else self._check_tile(tile)
         if t == "auto":
-            if height * width <= AUTO_TILE_PIXELS:
-                return None
-            t = AUTO_TILE
+            bpp = self.bytes_per_pixel
+            if bpp is None or self._radius is None:
+                if height * width <= AUTO_TILE_PIXELS:
+                    return None
+                t = AUTO_TILE
+            else:
+                budget = self.memory_budget if self.memory_budget is not None else memory_budget(self.device)
+                t = auto_tile_size(height, width, bpp, budget, self.tile_margin or 0, self._stride)
+                if not t:
+                    return None
         if not t:
             return None
         ov = self.overlap if overlap is None else overlap
         grid = plan_tiles(height, width, int(t), ov, self._radius, self._stride, self.receptive_field)
         return None if len(grid) <= 1 or grid.trivial else grid
+
+    @property
+    def bytes_per_pixel(self) -> float | None:
+        """Estimated working memory of a whole-image forward per pixel (torch backend; None for ONNX)."""
+        if self._bpp is None and self.net is not None and not self.modalities:
+            try:
+                self._bpp = bytes_per_pixel(self.net, max(self.num_classes, *self.heads.values(), 1))
+            except Exception:  # an estimate for choosing tiles; never fail over it
+                self._bpp = None
+        return self._bpp
+
+    def batch_fits(self, height: int, width: int, batch_size: int) -> int:
+        """How many ``height x width`` images one forward may stack within the memory budget (>= 1)."""
+        bpp = self.bytes_per_pixel
+        if bpp is None:
+            return batch_size
+        budget = self.memory_budget if self.memory_budget is not None else memory_budget(self.device)
+        return max(1, min(batch_size, int(budget // (height * width * bpp))))
 
     # ------------------------------------------------------------------ heads and inputs
     def head(self, name: str) -> "Segmenter":
@@ -313,9 +353,10 @@ class Segmenter:
                 results[i] = self.predict(a, return_probs, tile=tile, overlap=overlap, tta=tta_cfg)
             else:
                 groups.setdefault(a.shape[:2], []).append(i)
-        for idx in groups.values():
-            for start in range(0, len(idx), batch_size):
-                chunk = idx[start:start + batch_size]
+        for (gh, gw), idx in groups.items():
+            step = self.batch_fits(gh, gw, batch_size)  # big images: fewer per forward
+            for start in range(0, len(idx), step):
+                chunk = idx[start:start + step]
                 s, is_prob = self.scores(self._batch_tensor([arrays[i] for i in chunk]), tta_cfg)
                 labels = self._labels(s)
                 if return_probs:
@@ -327,7 +368,7 @@ class Segmenter:
 
     def predict_files(self, inputs: Sequence[str | Path] | str | Path, out: str | Path, *, overlay: bool = False,
                       alpha: float = 0.5, probs: bool = False, batch_size: int = 4, progress: bool = False,
-                      on_error: Callable[[Path, str], None] | None = None):
+                      on_error: Callable[[Path, str], None] | None = None, shard: Any = "env"):
         """Segment image files, folders (recursively) or globs into label PNGs under ``out``.
 
         What ``fcnseg predict`` does, from Python: ``out/<name>.png`` per image (folder inputs
@@ -335,8 +376,15 @@ class Segmenter:
         and ``<name>_<head>.png`` for a two-head net's other heads. An image that fails is
         reported to ``on_error(path, message)`` (default: a logged warning) and skipped.
         Returns a :class:`~fcnseg.inference.files.FilesResult` (written files, failures).
+
+        ``shard``: under ``torchrun`` (the default ``"env"`` reads ``RANK`` / ``WORLD_SIZE`` /
+        ``LOCAL_RANK``; or a :class:`~fcnseg.inference.shard.Shard`; ``None``: all inputs here)
+        this process segments every N-th sorted file into the shared output tree and the
+        result's ``total_*`` counts add up all processes (every process must call this). Load
+        each process's model on ``shard_from_env().device(device)`` (``cuda:LOCAL_RANK``).
         """
         from .files import plan_jobs, run_jobs
+        from .shard import shard_from_env
 
         if isinstance(inputs, (str, Path)):
             inputs = [inputs]
@@ -345,6 +393,10 @@ class Segmenter:
         if not 0.0 <= alpha <= 1.0:
             raise UserError(f"alpha must be in 0..1, got {alpha}")
         self.check_rgb_input()
-        jobs, folder = plan_jobs(inputs, out)
+        if isinstance(shard, str):
+            if shard != "env":
+                raise UserError(f"shard must be 'env', a Shard or None, got {shard!r}")
+            shard = shard_from_env()
+        jobs, folder = plan_jobs(inputs, out, shard=shard)
         return run_jobs(self, jobs, folder, overlay=overlay, alpha=alpha, probs=probs, batch_size=batch_size,
-                        progress=progress, on_error=on_error)
+                        progress=progress, on_error=on_error, shard=shard)

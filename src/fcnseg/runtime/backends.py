@@ -53,9 +53,13 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, net: nn.Module, device: torch.device, optimize: bool = True) -> None:
+    def __init__(self, net: nn.Module, device: torch.device, optimize: bool = True, precision: str = "fp32",
+                 calibration: list[Tensor] | None = None, fixed_size: bool = False) -> None:
         self.device = device
         self.optimize = optimize
+        self.precision = precision  # fp32 | bf16 | fp16 | int8 (resolved; see fcnseg.runtime.choice)
+        self.calibration = calibration  # normalised batches for int8
+        self.fixed_size = fixed_size
         net = net.eval().to(device)
         for p in net.parameters():
             p.requires_grad_(False)
@@ -65,12 +69,19 @@ class TorchBackend:
     @property
     def runner(self) -> nn.Module:
         """The module that runs: the optimised copy (built once, on first use) or ``net``."""
-        if not self.optimize:
+        if not self.optimize and self.precision == "fp32":
             return self.net
         if self._fast is None:
             from .fast import optimize_for_inference
 
-            self._fast = optimize_for_inference(self.net, mode="eager", channels_last=True)
+            if self.precision == "int8":
+                self._fast = Int8Module(self.net, self.calibration or [])
+            elif self.optimize:  # the rewrites that pay on this device (fcnseg.runtime.choice.plan_rewrites)
+                self._fast = optimize_for_inference(self.net, mode="eager", dtype=self.precision,
+                                                    fixed_size=self.fixed_size)
+            else:  # the plain module, in another precision
+                self._fast = optimize_for_inference(self.net, mode="eager", dtype=self.precision, fold_bn=False,
+                                                    depthwise=False, channels_last=False)
         return self._fast
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -78,6 +89,29 @@ class TorchBackend:
             x = x.to(self.device, non_blocking=True) if isinstance(x, Tensor) else \
                 {k: v.to(self.device, non_blocking=True) for k, v in x.items()}
             return self.runner(x)
+
+
+class Int8Module(nn.Module):
+    """A net quantised to int8 (onnxruntime, CPU) behind an ``nn.Module`` face (for ``evaluate``)."""
+
+    def __init__(self, net: nn.Module, calibration: list[Tensor]) -> None:
+        from .fast import quantize_int8
+
+        super().__init__()
+        if getattr(net, "modalities", None) or getattr(net, "head_classes", None):
+            raise UserError("precision int8 runs single-input, single-head RGB models; use fp32 or bf16")
+        if not calibration:
+            raise UserError("precision int8 needs calibration images")
+        self.quantized = quantize_int8(net.cpu(), calibration, backend="onnxruntime")
+        for attr in ("num_classes", "normalization", "model_name", "output_stride", "variant"):
+            if hasattr(net, attr):
+                setattr(self, attr, getattr(net, attr))
+        self.steps = [f"int8: {self.quantized.method}"]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise UserError("precision int8 runs single-input RGB models")
+        return self.quantized(x).to(x.device)
 
 
 class OnnxBackend:

@@ -5,8 +5,12 @@ One run of :func:`run_bench` reports, for a model at one input size:
 * GFLOPs per image counted from the layers (:mod:`fcnseg.complexity`) and parameters;
 * latency per batch (median, p10, p90 over timed repeats after warm-up), images/s and
   the achieved GFLOP/s;
-* the machine's fp32 matrix-multiply rate measured in the same run with the same
-  thread count (a large GEMM through torch), and the achieved rate as a share of it;
+* the machine's matrix-multiply rate *in the precision that ran* (fp32 / bf16 / fp16
+  ``torch.mm``; int8 ``torch._int_mm`` or onnxruntime's ``MatMulInteger`` for the
+  onnxruntime int8 path), measured in the same run with the same thread count, and the
+  achieved rate as a share of it (plus the fp32 rate and share for a lower precision);
+* the path that ran (``method``) and, for ``precision="auto"`` (the default), which
+  precision was chosen and why (the device's candidates, each timed against fp32);
 * peak memory: the process's resident set (CPU) or ``max_memory_allocated`` (CUDA);
 * with ``baseline=True``, a plain eager NCHW fp32 forward of the same network timed in
   the same process, its repeats interleaved with the measured configuration's so that
@@ -18,13 +22,12 @@ One run of :func:`run_bench` reports, for a model at one input size:
 from __future__ import annotations
 
 import os
-import platform
 import resource
 import statistics
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from .choice import cpu_model_name  # re-exported: fcnseg.runtime.bench.cpu_model_name
 
 __all__ = ["BenchConfig", "run_bench", "format_report", "measure_gemm_rate", "parse_size", "cpu_model_name"]
 
@@ -43,7 +47,7 @@ class BenchConfig:
     size: tuple[int, int] = (500, 500)
     batch: int = 1
     device: str = "cpu"
-    dtype: str = "fp32"  # fp32 | fp16 | bf16 | int8
+    dtype: str | None = None  # auto | fp32 | fp16 | bf16 | int8 (None: $FCNSEG_PRECISION or auto)
     backend: str = "torch"  # torch | onnxruntime
     channels_last: bool = True
     optimize: bool = True  # fold BatchNorm + depthwise upsampling
@@ -91,50 +95,80 @@ def parse_size(text: str) -> tuple[int, int]:
     return nums[0], nums[1]
 
 
-def cpu_model_name() -> str:
-    """The CPU model as ``lscpu`` prints it ("Model name"), from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _sync(device: torch.device) -> Callable[[], None]:
     if device.type == "cuda":
         return lambda: torch.cuda.synchronize(device)
     return lambda: None
 
 
-def measure_gemm_rate(device: torch.device, size: int | None = None, repeats: int = 5) -> dict[str, float]:
-    """fp32 GFLOP/s of an ``n x n`` by ``n x n`` matrix multiply (torch, current thread count).
+def measure_gemm_rate(device: torch.device, size: int | None = None, repeats: int = 5,
+                      dtype: str = "fp32", engine: str = "torch") -> dict[str, Any]:
+    """GFLOP/s (2 n^3 per product) of an ``n x n`` by ``n x n`` matrix multiply in ``dtype``.
 
-    TF32 is switched off on CUDA so that the figure is a true fp32 rate. Returns the
-    median and best rate over ``repeats`` after one warm-up.
+    ``fp32`` / ``bf16`` / ``fp16``: ``torch.mm`` (TF32 off on CUDA, so fp32 is a true fp32
+    rate); ``int8``: ``torch._int_mm`` (int8 x int8 -> int32) with ``engine="torch"``, or
+    onnxruntime's ``MatMulInteger`` (uint8 x int8, the kernel its quantised convolutions use)
+    with ``engine="onnxruntime"``. Same thread count as the run. Returns the median and best
+    rate over ``repeats`` after one warm-up, the dtype and what was timed.
     """
     n = size or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
     sync = _sync(device)
+    if dtype == "int8" and engine == "onnxruntime":
+        run, what = _ort_int8_gemm(n)
+    elif dtype == "int8":
+        a = torch.randint(-128, 128, (n, n), dtype=torch.int8, device=device)
+        b = torch.randint(-128, 128, (n, n), dtype=torch.int8, device=device)
+        run, what = (lambda: torch._int_mm(a, b)), "torch._int_mm int8 x int8 -> int32"
+    else:
+        from .fast import DTYPES
+
+        if dtype not in DTYPES:
+            raise UserError(f"no GEMM rate for dtype {dtype!r}")
+        a = torch.randn(n, n, device=device).to(DTYPES[dtype])
+        b = torch.randn(n, n, device=device).to(DTYPES[dtype])
+        run, what = (lambda: torch.mm(a, b)), f"torch.mm {dtype}"
     prev = torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        torch.mm(a, b)
+        run()
         sync()
         rates = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            torch.mm(a, b)
+            run()
             sync()
             rates.append(2.0 * n ** 3 / (time.perf_counter() - t0) / 1e9)
     finally:
         if prev is not None:
             torch.backends.cuda.matmul.allow_tf32 = prev
-    return {"n": n, "median_gflops": float(statistics.median(rates)), "best_gflops": float(max(rates))}
+    return {"n": n, "dtype": dtype, "what": what, "median_gflops": float(statistics.median(rates)),
+            "best_gflops": float(max(rates))}
+
+
+def _ort_int8_gemm(n: int) -> tuple[Callable[[], Any], str]:
+    """onnxruntime ``MatMulInteger`` (u8 activations x s8 weights, as its QDQ convolutions) on the CPU."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from .fast import onnx_session
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-128, 128, (n, n), dtype=np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "gemm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])],
+        [helper.make_tensor("w", TensorProto.INT8, [n, n], w.tobytes(), raw=True)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    tmp = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)
+    tmp.close()
+    onnx.save(model, tmp.name)
+    session = onnx_session(tmp.name, torch.get_num_threads())
+    os.unlink(tmp.name)
+    a = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    return (lambda: session.run(["y"], {"a": a})), "onnxruntime MatMulInteger uint8 x int8 -> int32"
 
 
 def _reset_peak_rss() -> bool:
@@ -175,6 +209,14 @@ def _fill_zero_layers(model: nn.Module, seed: int) -> int:
     return count
 
 
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- runners
 def _plain_runner(model: nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]:
     """The baseline: the model as built, eager, NCHW, fp32."""
@@ -213,8 +255,44 @@ def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, th
         raise UserError("dtype fp16 is for device cuda; on the CPU use bf16 or int8")
     mode = "compile" if cfg.compile else ("jit" if cfg.freeze else "eager")
     fast = optimize_for_inference(model.to(device), channels_last=cfg.channels_last, fold_bn=cfg.optimize,
-                                  depthwise=cfg.optimize, mode=mode, dtype=cfg.dtype, example_input=example)
+                                  depthwise=None if cfg.optimize else False, fixed_size=True, mode=mode,
+                                  dtype=cfg.dtype, example_input=example)
     return fast, f"torch {fast.method}", cfg.channels_last
+
+
+def _pick_fastest(cfg: BenchConfig, candidates: list[str], model: nn.Module, device: torch.device, threads: int,
+                  example: Tensor, workdir: Path) -> tuple[BenchConfig, str]:
+    """fp32 and each candidate precision timed on ``example`` (1 warm-up, best of 2): the fastest."""
+    timed: dict[str, float] = {}
+    failed: list[str] = []
+    for p in ["fp32", *candidates]:
+        c = replace(cfg, dtype=p, backend="onnxruntime" if p == "int8" else cfg.backend)
+        x = example.to(device)
+        sync = _sync(device)
+        try:
+            runner, _, wants_cl = _build_measured(c, model, device, threads, example, workdir)
+            if wants_cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                runner(x)
+                sync()
+        except Exception as exc:  # e.g. a layer without a bf16 kernel (AlexNet's LRN on the CPU)
+            if p == "fp32":
+                raise
+            failed.append(f"{p} does not run ({type(exc).__name__})")
+            continue
+        with torch.inference_mode():
+            best = float("inf")
+            for _ in range(2):
+                t = time.perf_counter()
+                runner(x)
+                sync()
+                best = min(best, time.perf_counter() - t)
+        timed[p] = best
+        del runner
+    fastest = min(timed, key=timed.get)
+    text = ", ".join([f"{p} {t * 1000:.1f} ms" for p, t in timed.items()] + failed)
+    return replace(cfg, dtype=fastest, backend="onnxruntime" if fastest == "int8" else cfg.backend), text
 
 
 # --------------------------------------------------------------------------- the run
@@ -229,15 +307,30 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     say = progress or (lambda _msg: None)
     if cfg.batch < 1 or cfg.repeats < 1 or cfg.warmup < 0:
         raise UserError("batch size and repeats must be >= 1 and warmup >= 0")
-    if cfg.dtype not in ("fp32", "fp16", "bf16", "int8"):
-        raise UserError(f"unknown dtype {cfg.dtype!r}; expected fp32, fp16, bf16 or int8")
+    from .choice import default_precision
+
+    cfg = replace(cfg, dtype=default_precision(cfg.dtype))
+    if cfg.dtype not in ("auto", "fp32", "fp16", "bf16", "int8"):
+        raise UserError(f"unknown precision {cfg.dtype!r}; expected auto, fp32, fp16, bf16 or int8")
     if cfg.backend not in ("torch", "onnxruntime"):
         raise UserError(f"unknown backend {cfg.backend!r}; expected torch or onnxruntime")
     if cfg.end_to_end and cfg.batch != 1:
         raise UserError("end_to_end times one decoded image at a time; use batch size 1")
     from .backends import resolve_device
+    from .choice import DeviceSpec, choose_precision, resolve_device_name
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(resolve_device_name(cfg.device))
+    chosen = None
+    candidates: list[str] = []
+    if cfg.dtype == "auto":
+        # the lower precisions this device runs well (fcnseg.runtime.choice); which one is fastest
+        # for this net is measured below, as load_model does (random weights: speed only)
+        choice = choose_precision(DeviceSpec.detect(device), "auto", trained=True,
+                                  int8_available=_has_onnxruntime())
+        candidates = [p for p in choice.candidates
+                      if not (p == "int8" and (cfg.freeze or cfg.compile or not cfg.optimize))  # torch options
+                      and not (p != "int8" and cfg.backend == "onnxruntime")]  # onnxruntime: fp32 or int8
+        chosen = f"precision auto: candidates {', '.join(candidates) or 'none'} ({choice.reason})"
     threads = cfg.threads or default_threads()
     torch.set_num_threads(threads)
     height, width = cfg.size
@@ -261,6 +354,13 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-") as tmp:
         t0 = time.perf_counter()
         say("preparing the measured configuration")
+        if candidates:
+            cfg, pick = _pick_fastest(cfg, candidates, model, device, threads, example, Path(tmp))
+            chosen += f"; measured here: {pick} -> {cfg.dtype}"
+            say(chosen)
+        elif cfg.dtype == "auto":
+            cfg = replace(cfg, dtype="fp32")
+            chosen += " -> fp32"
         runner, method, wants_cl = _build_measured(cfg, model, device, threads, example, Path(tmp))
         prepare_s = time.perf_counter() - t0
         eager_net = getattr(runner, "eager_net", None)
@@ -326,8 +426,10 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
         else:
             memory = {"kind": "peak RSS of the process" + (" during the timed runs" if rss_reset else ""),
                       "mb": _peak_rss_mb()}
-    say("measuring the fp32 GEMM rate")
-    gemm = measure_gemm_rate(device, cfg.gemm_size)
+    say(f"measuring the {cfg.dtype} GEMM rate")
+    gemm = measure_gemm_rate(device, cfg.gemm_size, dtype=cfg.dtype,
+                             engine="onnxruntime" if cfg.backend == "onnxruntime" else "torch")
+    gemm_fp32 = gemm if cfg.dtype == "fp32" else measure_gemm_rate(device, cfg.gemm_size)
 
     timing = Timing.of(times["measured"])
     gflop_img = flops / 1e9
@@ -355,8 +457,11 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
         "per_image_ms": timing.median_ms / cfg.batch,
         "images_per_s": cfg.batch / (timing.median_ms / 1000.0),
         "achieved_gflops": achieved,
+        "precision_choice": chosen,
         "gemm": gemm,
+        "gemm_fp32": gemm_fp32,
         "pct_of_gemm_peak": 100.0 * achieved / gemm["median_gflops"],
+        "pct_of_fp32_gemm": 100.0 * achieved / gemm_fp32["median_gflops"],
         "memory": memory,
         "prepare_s": prepare_s,
         "first_call_s": first_s.get("measured"),
@@ -379,7 +484,7 @@ def format_report(r: dict[str, Any]) -> str:
     what = "decoded uint8 image -> label map (normalise, forward, argmax)" if r["end_to_end"] else "forward pass"
     lines = [
         f"model        {r['model']}  {h}x{w}  batch {r['batch']}  {r['dtype']}  on {r['device']} ({r['device_name']})",
-        f"method       {r['method']}",
+        f"method       {r['method']}" + (f"  [{r['precision_choice']}]" if r.get("precision_choice") else ""),
         f"timed        {what}; {r['warmup']} warm-up run(s), then {r['repeats']} timed repeat(s); "
         f"{r['threads']} thread(s); torch {r['torch']}",
         f"complexity   {r['gflops_per_image']:.2f} GFLOPs per image (counted, 2 x MACs of conv/deconv/linear); "
@@ -389,10 +494,12 @@ def format_report(r: dict[str, Any]) -> str:
         f"latency      median {lat['median_ms']:.1f} ms  p10 {lat['p10_ms']:.1f}  p90 {lat['p90_ms']:.1f}  "
         f"min {lat['min_ms']:.1f} (per batch)",
         f"throughput   {r['images_per_s']:.2f} images/s  ({r['per_image_ms']:.1f} ms per image)",
-        f"compute      {r['achieved_gflops']:.1f} GFLOP/s achieved (executed FLOPs); "
-        f"fp32 GEMM {r['gemm']['n']}^3 in this run: "
+        f"compute      {r['achieved_gflops']:.1f} GFLOP/s achieved (executed FLOPs); same-dtype GEMM "
+        f"({r['gemm'].get('what', 'fp32')}, {r['gemm']['n']}^3) in this run: "
         f"{r['gemm']['median_gflops']:.1f} GFLOP/s median ({r['gemm']['best_gflops']:.1f} best) -> "
-        f"{r['pct_of_gemm_peak']:.0f}% of GEMM peak",
+        f"{r['pct_of_gemm_peak']:.0f}% of the {r['gemm'].get('dtype', 'fp32')} GEMM rate"
+        + ("" if r["gemm"].get("dtype", "fp32") == "fp32" or "gemm_fp32" not in r else
+           f"; fp32 GEMM {r['gemm_fp32']['median_gflops']:.1f} GFLOP/s ({r['pct_of_fp32_gemm']:.0f}%)"),
         f"memory       {r['memory']['mb']:.0f} MB ({r['memory']['kind']})",
         f"prepare      {r['prepare_s']:.1f} s to build the configuration; first call "
         f"{(r['first_call_s'] or 0) * 1000:.0f} ms",

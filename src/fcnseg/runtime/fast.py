@@ -6,14 +6,15 @@ What :func:`optimize_for_inference` does, each step exact up to float rounding:
   affine map per channel, so it is folded into the convolution's weights and bias
   and disappears (found with ``torch.fx``, the module tree is edited in place so
   the model keeps its class, attributes and forward code).
-* **Depthwise upsampling**: the FCN upsampling layers are transposed convolutions
-  whose weights are zero off the class diagonal (class ``i`` upsamples into class
-  ``i``); a diagonal layer is rewritten as a grouped (depthwise) one, which skips
-  the ``K - 1`` zero filters per class (``K`` times less arithmetic). A learned,
+* **Depthwise upsampling** (CPU only by default, see :mod:`fcnseg.runtime.choice`): the FCN
+  upsampling layers are transposed convolutions whose weights are zero off the class
+  diagonal (class ``i`` upsamples into class ``i``); a diagonal layer is rewritten as a
+  grouped (depthwise) one, which skips the ``K - 1`` zero filters per class (``K`` times less arithmetic). A learned,
   non-diagonal layer is left alone.
-* **channels_last**: weights and activations in NHWC, the layout oneDNN's CPU
+* **channels_last** (CPU and CUDA): weights and activations in NHWC, the layout oneDNN's CPU
   convolutions and cuDNN's tensor-core kernels want; the eager NCHW path reorders
   every layer's input and, for transposed convolutions, falls back to a slow kernel.
+* on CUDA with fixed-size batches (``fixed_size=True``), ``cudnn.benchmark`` while the net runs.
 * optionally **freezing** (``mode="jit"``: TorchScript trace, freeze and
   ``optimize_for_inference``, which pre-packs oneDNN weights and fuses conv + ReLU)
   or **torch.compile** (``mode="compile"``: Inductor with weight freezing).
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from .choice import cpu_flags  # re-exported: fcnseg.runtime.fast.cpu_flags
 from .ort import onnx_session  # re-exported: fcnseg.runtime.fast.onnx_session
 
 __all__ = ["fold_batchnorm", "depthwise_upsampling", "optimize_for_inference", "FastModel",
@@ -160,14 +162,17 @@ class FastModel(nn.Module):
     """
 
     def __init__(self, net: Any, *, channels_last: bool, dtype: torch.dtype, steps: list[str],
-                 source: nn.Module | None = None, eager_net: nn.Module | None = None) -> None:
+                 source: nn.Module | None = None, eager_net: nn.Module | None = None,
+                 cudnn_benchmark: bool = False) -> None:
         super().__init__()
         self.net = net
+        self.cudnn_benchmark = cudnn_benchmark
         self.channels_last = channels_last
         self.dtype = dtype
         self.steps = steps
         self.__dict__["eager_net"] = eager_net  # the eager optimised module (not a registered child)
-        for attr in ("num_classes", "normalization", "model_name", "output_stride", "variant"):
+        for attr in ("num_classes", "normalization", "model_name", "output_stride", "variant", "modalities",
+                     "head_classes", "main_head"):
             if source is not None and hasattr(source, attr):
                 setattr(self, attr, getattr(source, attr))
 
@@ -181,7 +186,15 @@ class FastModel(nn.Module):
     def forward(self, x: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
         """Single-input nets take a tensor, multi-modal ones a dict; two-head nets return a dict."""
         x = {k: self._prepare(v) for k, v in x.items()} if isinstance(x, dict) else self._prepare(x)
-        out = self.net(x)
+        if self.cudnn_benchmark:
+            prev = torch.backends.cudnn.benchmark
+            torch.backends.cudnn.benchmark = True  # only while this net runs: not a global side effect
+            try:
+                out = self.net(x)
+            finally:
+                torch.backends.cudnn.benchmark = prev
+        else:
+            out = self.net(x)
         if isinstance(out, dict):
             return {k: v if v.dtype == torch.float32 else v.float() for k, v in out.items()}
         return out if out.dtype == torch.float32 else out.float()
@@ -191,16 +204,20 @@ class FastModel(nn.Module):
         return ", ".join(self.steps) if self.steps else "eager"
 
 
-def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, fold_bn: bool = True,
-                           depthwise: bool = True, mode: Mode = "eager", dtype: str | torch.dtype = "fp32",
+def optimize_for_inference(model: nn.Module, *, channels_last: bool | None = None, fold_bn: bool = True,
+                           depthwise: bool | None = None, mode: Mode = "eager", dtype: str | torch.dtype = "fp32",
                            example_input: Tensor | None = None, inplace: bool = False,
-                           threads: int | None = None) -> FastModel:
+                           threads: int | None = None, fixed_size: bool = False) -> FastModel:
     """An optimised copy of ``model`` for inference; its outputs equal the eager model's within rounding.
 
     Args:
-        channels_last: NHWC weights and activations.
+        channels_last: NHWC weights and activations (None: where it pays on the model's
+            device, :func:`fcnseg.runtime.choice.plan_rewrites`).
         fold_bn: fold BatchNorm into the preceding convolutions.
-        depthwise: rewrite class-diagonal upsampling layers as depthwise ones.
+        depthwise: rewrite class-diagonal upsampling layers as depthwise ones (None: on the
+            CPU, not on CUDA, where cuDNN's grouped transposed convolution is slower).
+        fixed_size: every call has the same input shape: on CUDA, ``cudnn.benchmark`` while
+            the net runs.
         mode: ``eager`` (dynamic shapes, nothing compiled), ``jit`` (TorchScript freeze +
             ``torch.jit.optimize_for_inference``: oneDNN weight pre-packing and conv+ReLU
             fusion; traced on ``example_input`` but shape-generic) or ``compile``
@@ -222,6 +239,9 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, fold
     torch_dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if torch_dtype not in DTYPES.values():
         raise UserError(f"unsupported dtype {dtype!r}; expected one of: {', '.join(DTYPES)}")
+    plan = device_plan(model, fixed_size=fixed_size)
+    channels_last = plan.channels_last if channels_last is None else channels_last
+    depthwise = plan.depthwise if depthwise is None else depthwise
     net = model if inplace else copy.deepcopy(model)
     net.eval()
     for p in net.parameters():
@@ -260,8 +280,19 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, fold
     elif mode == "onnxruntime":
         runner = OnnxRunner(net, threads=threads)
         steps.append("exported to ONNX, onnxruntime CPU (graph optimisation ALL)")
+    if plan.cudnn_benchmark:
+        steps.append("cudnn.benchmark")
     return FastModel(runner, channels_last=channels_last, dtype=torch_dtype, steps=steps, source=model,
-                     eager_net=net)
+                     eager_net=net, cudnn_benchmark=plan.cudnn_benchmark)
+
+
+def device_plan(model: nn.Module, *, fixed_size: bool = False):
+    """The :class:`~fcnseg.runtime.choice.RewritePlan` for the device ``model``'s weights are on."""
+    from .choice import DeviceSpec, plan_rewrites
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    spec = DeviceSpec(device.type) if device.type != "cuda" else DeviceSpec.detect(device)
+    return plan_rewrites(spec, fixed_size=fixed_size)
 
 
 # --------------------------------------------------------------------------- pre/post-processing
@@ -302,18 +333,6 @@ def labels_from_logits(logits: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- int8
-def cpu_flags() -> set[str]:
-    """The CPU feature flags of this machine (Linux ``/proc/cpuinfo``; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def cpu_has_vnni() -> str | None:
     """``avx512_vnni`` / ``avx_vnni`` if this CPU has int8 dot-product instructions, else None."""
     flags = cpu_flags()
@@ -347,11 +366,19 @@ def _calibration_batches(calibration: Iterable[Tensor]) -> list[Tensor]:
 
 
 def _quantize_onnxruntime(model: nn.Module, batches: list[Tensor], threads: int | None,
-                          out_path: Path | None) -> Int8Model:
+                          out_path: Path | None, calibrate: str = "minmax",
+                          keep_fp32_ops: tuple[str, ...] = ()) -> Int8Model:
     import logging
 
+    import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .export import export_onnx
@@ -381,8 +408,14 @@ def _quantize_onnxruntime(model: nn.Module, batches: list[Tensor], threads: int 
         # constant folding + shape inference first, so every bias is an initializer it can quantise
         quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=True)
         # u8 activations x s8 weights: the VNNI (vpdpbusd) fast path; per-channel weight scales
+        methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                   "entropy": CalibrationMethod.Entropy}
+        # nodes kept in fp32: by op type (e.g. ConvTranspose) or by a piece of their name (e.g. score)
+        exclude = [n.name for n in onnx.load(str(pre_path)).graph.node
+                   if n.op_type in keep_fp32_ops or any(k in n.name for k in keep_fp32_ops)]
         quantize_static(str(pre_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[calibrate], nodes_to_exclude=exclude)
     finally:
         root.setLevel(level)
     session = onnx_session(int8_path, threads)

@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Per-megapixel cost of ``load_model(MODEL, precision="fp32").predict`` as images grow (docs/performance.md).
+
+    python scripts/big_image_cost.py 1024 448 1024 4000 1024 10000 1024 4000@2048 1024
+
+Each argument is a square side in pixels, optionally ``:TILE`` (a fixed tile core instead of
+``tile="auto"``) and ``@MB`` (the memory budget auto tiling may use; default: half the memory
+available). The image is a shipped CamVid sample repeated to the size (real texture). Prints
+one JSON line per run: wall and CPU (``time.process_time``) seconds per megapixel, the tiling
+chosen, the peak RSS of the run and the load average. Run it with ``OMP_NUM_THREADS=1`` on a
+busy machine and compare each big image with the 1 MP runs next to it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+import fcnseg
+from fcnseg.inference.precision import sample_images
+from fcnseg.inference.tiling import memory_budget
+from fcnseg.runtime.bench import _peak_rss_mb, _reset_peak_rss
+
+
+def main(argv: list[str]) -> int:
+    model = fcnseg.load_model(os.environ.get("MODEL", "camvid-fcn8s-lite0"), precision="fp32")
+    base = sample_images()[0]
+    for spec in argv:
+        spec, _, budget = spec.partition("@")
+        model.memory_budget = int(budget) * 2 ** 20 if budget else None
+        side, _, tile = spec.partition(":")
+        h = w = int(side)
+        img = np.tile(base, (h // base.shape[0] + 1, w // base.shape[1] + 1, 1))[:h, :w]
+        model.predict(img[:256, :256])
+        kw = {"tile": int(tile)} if tile else {}
+        grid = model.tile_grid(h, w, **kw)
+        _reset_peak_rss()
+        c, t = time.process_time(), time.perf_counter()
+        model.predict(img, **kw)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        mp = h * w / 1e6
+        print(json.dumps({"size": f"{h}x{w}", "mp": round(mp, 2), "s": round(wall, 2), "s_per_mp": round(wall / mp, 3),
+                          "cpu_s_per_mp": round(cpu / mp, 3), "tile": grid.tile if grid else 0,
+                          "windows": len(grid) if grid else 1,
+                          "budget_mb": (model.memory_budget or memory_budget()) // 2 ** 20,
+                          "peak_rss_mb": round(_peak_rss_mb()), "load": os.getloadavg()[0],
+                          "threads": torch.get_num_threads()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
