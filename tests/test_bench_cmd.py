@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from fcnseg.runtime.bench import BenchConfig, format_report, measure_gemm_rate, parse_size, run_bench
 from fcnseg.cli.main import main
+from fcnseg.runtime.bench import BenchConfig, format_report, measure_gemm_rate, parse_size, run_bench
 
 TINY = ["--size", "32x48", "--warmup", "1", "--repeats", "2", "--gemm-size", "128", "--num-classes", "3", "-q",
         "--threads", "1"]
@@ -75,7 +75,8 @@ def test_bench_frozen_alexnet_without_optimisations(capsys):
 
 @pytest.mark.parametrize("argv,needle", [
     (["--model", "fcn8s_lite0", "--size", "big"], "expected HxW"),
-    (["--model", "fcn8s_lite0", "--end-to-end", "--batch", "2"], "--batch 1"),
+    (["--model", "fcn8s_lite0", "--end-to-end", "--batch-size", "2"], "batch size 1"),
+    (["--model", "fcn8s_lite0", "--end-to-end", "--batch", "2"], "batch size 1"),  # the deprecated spelling
     (["--model", "no_such_net"], "unknown model"),
     (["--model", "fcn8s_lite0", "--device", "cuda:7"], "cuda"),
     (["--model", "fcn8s_lite0", "--dtype", "fp16"], "fp16"),

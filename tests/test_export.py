@@ -11,10 +11,10 @@ from PIL import Image
 from torch import nn
 
 from fcnseg.cli.main import main
-from fcnseg.runtime.export import compare_outputs, export_model, load_exported
 from fcnseg.models import get_model
 from fcnseg.models.fcn import FCN
 from fcnseg.models.vgg import VGG16Trunk
+from fcnseg.runtime.export import compare_outputs, export_model, load_exported
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -140,7 +140,7 @@ def test_cli_export_torchscript(tmp_path):
 @pytest.mark.parametrize("argv,needle", [
     (["--model", "no_such_model"], "unknown model"),
     (["--model", "fcn8s_lite0", "--opset", "13"], "opset must be >= 17"),
-    (["--model", "x.onnx"], "cannot be re-exported"),
+    (["--model", "x.onnx"], "holds no PyTorch network for export"),
     (["--model", "fcn8s_lite0", "--trace-size", "axb"], "expected HxW"),
     (["--model", "missing.safetensors"], "no such model file"),
 ])
