@@ -48,13 +48,20 @@ def main(argv: list[str] | None = None) -> int:
 
     import warnings
 
-    from fcnseg.runtime.bench import _fill_zero_layers, cpu_model_name, measure_gemm_rate, parse_size
     from fcnseg.complexity import count_flops
-    from fcnseg.runtime.export import export_onnx, resolve_model
-    from fcnseg.runtime.fast import (cpu_has_vnni, default_threads, labels_from_logits, normalize_batch, onnx_session,
-                             optimize_for_inference, quantize_int8)
-    from fcnseg.inference import UntrainedModelWarning
+    from fcnseg.inference import UntrainedModelWarning, load_net
     from fcnseg.preprocess import normalize
+    from fcnseg.runtime.bench import _fill_zero_layers, cpu_model_name, measure_gemm_rate, parse_size
+    from fcnseg.runtime.export import export_onnx
+    from fcnseg.runtime.fast import (
+        cpu_has_vnni,
+        default_threads,
+        labels_from_logits,
+        normalize_batch,
+        onnx_session,
+        optimize_for_inference,
+        quantize_int8,
+    )
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in configs if c not in ALL]
@@ -66,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedModelWarning)
-        model, meta = resolve_model(args.model, args.num_classes)
-    filled = 0 if meta.get("trained", True) else _fill_zero_layers(model, 0)
+        model, card = load_net(args.model, num_classes=args.num_classes)
+    filled = 0 if card.trained else _fill_zero_layers(model, 0)
     model.eval()
     flops = count_flops(model, (1, 3, h, w))
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, h, w, generator=gen)
     image = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=gen).numpy()
-    norm = meta["normalization"]
+    norm = card.normalization
     tmp = tempfile.TemporaryDirectory(prefix="fcnseg-cmp-")
 
     prep: dict[str, float] = {}

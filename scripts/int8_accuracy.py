@@ -45,24 +45,24 @@ def main(argv: list[str] | None = None) -> int:
     from fcnseg.data import get_dataset
     from fcnseg.data.transforms import Normalize
     from fcnseg.errors import UserError
-    from fcnseg.runtime.export import resolve_model
-    from fcnseg.runtime.fast import cpu_has_vnni, default_threads, quantize_int8
+    from fcnseg.inference import load_net
     from fcnseg.metrics import ConfusionMatrix
+    from fcnseg.runtime.fast import cpu_has_vnni, default_threads, quantize_int8
 
     try:
         threads = args.threads or default_threads()
         torch.set_num_threads(threads)
-        net, meta = resolve_model(args.weights)
-        if not meta.get("trained", True):
+        net, card = load_net(args.weights)
+        if not card.trained:
             print(f"warning: {args.weights} is an untrained architecture; the IoU figures mean nothing",
                   file=sys.stderr)
-        transform = Normalize(meta["normalization"])
+        transform = Normalize(card.normalization)
         val = get_dataset(args.dataset, args.root, args.split, transform=transform)
         calib_set = get_dataset(args.dataset, args.root, args.calib_split, transform=transform)
     except UserError as exc:
         print(f"int8_accuracy: error: {exc}", file=sys.stderr)
         return 2
-    k = int(meta["num_classes"])
+    k = card.num_classes
     n_cal = max(1, min(args.calib_images, len(calib_set)))
     cal_idx = np.linspace(0, len(calib_set) - 1, n_cal).round().astype(int)
     calibration = [calib_set[int(i)]["image"].unsqueeze(0) for i in cal_idx]
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             total += p32.numel()
     s32, s8 = cm32.compute(), cm8.compute()
     result = {
-        "weights": str(args.weights), "model": meta.get("model"), "dataset": args.dataset, "split": args.split,
-        "images": n, "calibration": f"{n_cal} images of {args.calib_split}", "int8": q.method,
+        "weights": str(args.weights), "model": card.model, "dataset": args.dataset, "split": args.split,
+        "images": n, "calibration": f"{n_cal} images of {args.calib_split}", "int8_method": q.method,
         "cpu_vnni": cpu_has_vnni(), "threads": threads,
         "fp32": {"mean_iou": s32["mean_iou"], "pixel_acc": s32["pixel_acc"], "iou": list(map(float, s32["iou"]))},
         "int8": {"mean_iou": s8["mean_iou"], "pixel_acc": s8["pixel_acc"], "iou": list(map(float, s8["iou"]))},

@@ -17,6 +17,8 @@ SHARED = REPO.parent / "shared"
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
+    """``../shared`` (reference prototxts and lists, CamVid): every test that needs it asks for this
+    fixture (or, at import time, uses :data:`SHARED`), so all of them skip, or run, together."""
     if not SHARED.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED}")
     return SHARED

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from fcnseg.runtime.bench import BenchConfig, format_report, measure_gemm_rate, parse_size, run_bench
 from fcnseg.cli.main import main
 from fcnseg.errors import UserError
+from fcnseg.runtime.bench import BenchConfig, format_report, measure_gemm_rate, parse_size, run_bench
 
 TINY = ["--size", "32x48", "--warmup", "1", "--repeats", "2", "--gemm-size", "128", "--num-classes", "3", "-q",
         "--threads", "1"]
@@ -76,7 +76,8 @@ def test_bench_frozen_alexnet_without_optimisations(capsys):
 
 @pytest.mark.parametrize("argv,needle", [
     (["--model", "fcn8s_lite0", "--size", "big"], "expected HxW"),
-    (["--model", "fcn8s_lite0", "--end-to-end", "--batch", "2"], "--batch 1"),
+    (["--model", "fcn8s_lite0", "--end-to-end", "--batch-size", "2"], "batch size 1"),
+    (["--model", "fcn8s_lite0", "--end-to-end", "--batch", "2"], "batch size 1"),  # the deprecated spelling
     (["--model", "no_such_net"], "unknown model"),
     (["--model", "fcn8s_lite0", "--device", "cuda:7"], "cuda"),
     (["--model", "fcn8s_lite0", "--dtype", "fp16"], "fp16"),
@@ -98,8 +99,10 @@ def test_parse_size_and_gemm_rate():
     import torch
 
     g = measure_gemm_rate(torch.device("cpu"), 64, repeats=2)
-    with pytest.raises(UserError, match="--gemm-size must be >= 1"):
+    with pytest.raises(UserError, match="size must be >= 1"):
         measure_gemm_rate(torch.device("cpu"), 0)
+    with pytest.raises(UserError, match="gemm_size must be >= 1"):
+        run_bench(BenchConfig(model="fcn32s_lite0", size=(32, 48), gemm_size=0))
     with pytest.raises(UserError, match="--trace-size 'x'"):
         parse_size("x", "--trace-size")
     assert g["n"] == 64 and g["best_gflops"] >= g["median_gflops"] > 0

@@ -38,3 +38,66 @@ def test_closed_stdout_ends_quietly():
     proc.stdout.close()  # before the command writes anything
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and "Traceback" not in err, err
+
+
+# --------------------------------------------------------------------------- one vocabulary
+def _subparsers():
+    import argparse
+
+    from fcnseg.cli.main import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def _option(p, flag):
+    return next((a for a in p._actions if flag in a.option_strings), None)
+
+
+def test_one_vocabulary_on_the_command_line():
+    """--model, --batch-size, --json [PATH] and --device mean the same in every command."""
+    for name, p in _subparsers().items():
+        flags = {s for a in p._actions for s in a.option_strings}
+        assert "--arch" not in flags or _option(p, "--arch").dest == "model", name  # only as an alias
+        assert "--batch" not in flags or _option(p, "--batch").dest == "batch_size", name
+        device = _option(p, "--device")
+        if device is not None:  # train's options default to its config's fields
+            assert device.default == ("==SUPPRESS==" if name == "train" else "auto"), name
+        js = _option(p, "--json")
+        if js is not None:
+            assert js.nargs == "?" and js.const == "-" and js.metavar == "PATH", name
+    from fcnseg.training import TrainConfig
+
+    assert TrainConfig().device == "auto"
+    subs = _subparsers()
+    for name in ("predict", "eval", "export", "bench", "demo", "convert"):
+        assert _option(subs[name], "--model") is not None, name
+    for name in ("predict", "eval", "bench"):
+        assert _option(subs[name], "--batch-size") is not None, name
+    for name in ("predict", "eval", "bench", "demo"):  # one --precision; eval keeps exact scores by default
+        opt = _option(subs[name], "--precision")
+        assert opt is not None and opt.dest == "precision", name
+        assert tuple(opt.choices) == ("auto", "fp32", "bf16", "fp16", "int8"), name
+        assert opt.default == ("fp32" if name == "eval" else None), name
+
+
+def test_deprecated_spellings_still_parse():
+    from fcnseg.cli.main import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["convert", "x.caffemodel", "--arch", "fcn8s_vgg16", "--out", "o.safetensors"])
+    assert args.model == "fcn8s_vgg16"
+    args = parser.parse_args(["bench", "--model", "fcn8s_lite0", "--batch", "3", "--dtype", "bf16"])
+    assert args.batch_size == 3 and args.precision == "bf16"
+
+
+def test_json_to_stdout_or_to_a_file(tmp_path, capsys):
+    from fcnseg.cli.main import main
+
+    assert main(["models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert "architectures" in listed
+    assert main(["models", "--json", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text()) == listed
+    assert "RF = receptive field" in capsys.readouterr().out  # with a file, the table is still printed

@@ -59,9 +59,8 @@ def test_cuda_fast_path_keeps_the_dense_upsampling_and_auto_precision(monkeypatc
 
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])
 def test_mixed_precision_training_on_cuda(tmp_path, amp):
-    from test_training import _config, _rows, _write_camvid
-
     from fcnseg.training import load_checkpoint
+    from test_training import _config, _rows, _write_camvid
 
     data = _write_camvid(tmp_path / "camvid")
     run = tmp_path / "run"

@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import SHARED  # noqa: E402
 from fcnseg.data import collate, get_dataset, list_datasets
 from fcnseg.data.camvid import CLASS_NAMES, PALETTE
 from fcnseg.data.transforms import eval_transforms, train_transforms
 from fcnseg.errors import UserError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 CAMVID = SHARED / "data" / "camvid"
 
 
@@ -124,8 +124,7 @@ def test_malformed_list_line(tmp_path):
         get_dataset("camvid", tmp_path, "bad")
 
 
-@pytest.mark.skipif(not (CAMVID / "val.txt").is_file(), reason="shared CamVid data not present")
-def test_real_camvid_files():
+def test_real_camvid_files(shared_dir):
     ds = get_dataset("camvid", CAMVID, "val")
     assert len(ds) == 101
     tr = get_dataset("camvid", CAMVID, "train")

@@ -10,12 +10,13 @@ from PIL import Image
 
 from fcnseg.data import get_dataset
 from fcnseg.data.nyud import CLASS_NAMES as NYUD_NAMES
-from fcnseg.data.siftflow import CLASS_NAMES as SIFT_NAMES, GEO_CLASS_NAMES, SUBDIR
-from fcnseg.data.transforms import Normalize, RandomCrop, RandomHorizontalFlip, Compose
+from fcnseg.data.siftflow import CLASS_NAMES as SIFT_NAMES
+from fcnseg.data.siftflow import GEO_CLASS_NAMES, SUBDIR
+from fcnseg.data.transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
 from fcnseg.errors import UserError
 
 scipy_io = pytest.importorskip("scipy.io")
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "fcn-berkeleyvision" / "data"
+REF = "reference/fcn-berkeleyvision/data"  # under the shared_dir fixture
 RNG = np.random.default_rng(1)
 
 
@@ -37,10 +38,9 @@ def write_nyud(root: Path, ids=("5449", "6140"), h=24, w=32) -> dict:
     return raws
 
 
-def test_nyud_class_list_matches_reference():
-    ref = REF / "nyud" / "classes.txt"
-    if ref.is_file():
-        assert NYUD_NAMES == ref.read_text().splitlines()[:40]
+def test_nyud_class_list_matches_reference(shared_dir):
+    ref = shared_dir / REF / "nyud" / "classes.txt"
+    assert NYUD_NAMES == ref.read_text().splitlines()[:40]
     assert len(NYUD_NAMES) == 40
 
 
@@ -124,10 +124,12 @@ def test_siftflow_semantic_and_geometric(tmp_path):
     exp_geo = np.where(geo <= 0, 255, geo - 1)
     assert np.array_equal(s["label"], exp_sem) and np.array_equal(s["label_geo"], exp_geo)
     assert set(np.unique(s["label_geo"])) <= {0, 1, 2, 255}
-    ref = REF / "sift-flow" / "classes.txt"
-    if ref.is_file():
-        lines = [ln.split(None, 1) for ln in ref.read_text().splitlines() if ln[:2].isdigit()]
-        assert [n for _, n in lines[:33]] == SIFT_NAMES and [n for _, n in lines[33:36]] == GEO_CLASS_NAMES
+
+
+def test_siftflow_class_lists_match_reference(shared_dir):
+    ref = shared_dir / REF / "sift-flow" / "classes.txt"
+    lines = [ln.split(None, 1) for ln in ref.read_text().splitlines() if ln[:2].isdigit()]
+    assert [n for _, n in lines[:33]] == SIFT_NAMES and [n for _, n in lines[33:36]] == GEO_CLASS_NAMES
 
 
 def test_siftflow_geo_out_of_range(tmp_path):

@@ -8,15 +8,16 @@ import pytest
 from PIL import Image
 
 from fcnseg.data import get_dataset
-from fcnseg.data.base import color_palette
-from fcnseg.data.context import CLASS_NAMES as CONTEXT_NAMES, CLASSES_59
+from fcnseg.data.context import CLASS_NAMES as CONTEXT_NAMES
+from fcnseg.data.context import CLASSES_59
 from fcnseg.data.voc import CLASS_NAMES as VOC_NAMES
 from fcnseg.data.voc_splits import seg11valid
 from fcnseg.errors import UserError
+from fcnseg.palettes import voc_palette as color_palette
 
 scipy_io = pytest.importorskip("scipy.io")
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "fcn-berkeleyvision" / "data"
+REF = "reference/fcn-berkeleyvision/data"  # under the shared_dir fixture
 RNG = np.random.default_rng(0)
 
 
@@ -60,12 +61,13 @@ def test_voc_palette_png_indices_and_roots(tmp_path):
         get_dataset("voc", tmp_path, "train")
 
 
-def test_voc_seg11valid_matches_reference_and_is_leak_free(tmp_path):
+def test_voc_seg11valid_matches_the_reference_list(shared_dir):
+    assert seg11valid() == (shared_dir / REF / "pascal" / "seg11valid.txt").read_text().split()
+
+
+def test_voc_seg11valid_is_leak_free(tmp_path):
     ids = seg11valid()
     assert len(ids) == 736 and len(set(ids)) == 736
-    ref = REF / "pascal" / "seg11valid.txt"
-    if ref.is_file():
-        assert ids == ref.read_text().split()
     write_voc(tmp_path, ids[:2], year="2011")
     ds = get_dataset("voc", tmp_path, "seg11valid")
     assert len(ds) == 736
@@ -108,11 +110,9 @@ def test_sbd_mat_labels(tmp_path):
         ds[1]
 
 
-def test_context_mapping_matches_reference_lists():
-    ref59 = REF / "pascal-context" / "classes-59.txt"
-    ref400 = REF / "pascal-context" / "classes-400.txt"
-    if not ref59.is_file():
-        pytest.skip("reference class lists not present")
+def test_context_mapping_matches_reference_lists(shared_dir):
+    ref59 = shared_dir / REF / "pascal-context" / "classes-59.txt"
+    ref400 = shared_dir / REF / "pascal-context" / "classes-400.txt"
     names59 = [ln.split(":", 1)[1].strip() for ln in ref59.read_text().splitlines() if ln.strip()]
     assert CONTEXT_NAMES == names59 and len(CONTEXT_NAMES) == 60
     raw = {ln.split(":", 1)[1].strip(): int(ln.split(":", 1)[0])

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from fcnseg.analysis.dense import shift_and_stitch
-from fcnseg.errors import UserError
 from fcnseg.analysis.rarefy import RarefiedMaxPool2d, rarefy
+from fcnseg.errors import UserError
 
 
 def tiny_net(pad: int = 0, ceil: bool = False) -> nn.Sequential:

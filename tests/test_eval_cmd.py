@@ -11,12 +11,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from conftest import SHARED  # noqa: E402
 from fcnseg.cli.main import main
 from fcnseg.data import get_dataset
 from fcnseg.evaluate import evaluate
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
-pytestmark = pytest.mark.skipif(not (CAMVID / "val.txt").is_file(), reason="shared CamVid data not present")
+CAMVID = SHARED / "data" / "camvid"
+pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data folder not found at {SHARED}")
 
 
 @pytest.fixture()

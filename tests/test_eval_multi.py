@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from fcnseg.card import ModelCard
 from fcnseg.cli.main import main
 from fcnseg.data import get_dataset
 from fcnseg.evaluate import evaluate
@@ -29,9 +30,8 @@ def random_weights(name: str, path: Path, dataset: str) -> tuple[nn.Module, Path
     for mod_name, mod in net.named_modules():
         if mod_name.split(".")[-1].startswith("score_"):
             nn.init.normal_(mod.weight, std=0.5)
-    meta = {"model": name, "num_classes": net.num_classes, "normalization": "imagenet", "options": {},
-            "dataset": dataset}
-    return net.eval(), save_weights(net.state_dict(), path, meta)
+    card = ModelCard.for_net(net, model=name, normalization="imagenet", dataset=dataset, trained=True)
+    return net.eval(), save_weights(net.state_dict(), path, card.to_meta())
 
 
 @pytest.mark.parametrize("name,modalities", [("fcn8s_lite0_rgbd", ("image", "depth")),

@@ -12,10 +12,10 @@ from PIL import Image
 from torch import nn
 
 from fcnseg.cli.main import main
-from fcnseg.runtime.export import compare_outputs, export_model, load_exported
 from fcnseg.models import get_model
 from fcnseg.models.fcn import FCN
 from fcnseg.models.vgg import VGG16Trunk
+from fcnseg.runtime.export import compare_outputs, export_model, load_exported
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -141,7 +141,7 @@ def test_cli_export_torchscript(tmp_path):
 @pytest.mark.parametrize("argv,needle", [
     (["--model", "no_such_model"], "unknown model"),
     (["--model", "fcn8s_lite0", "--opset", "13"], "opset must be >= 17"),
-    (["--model", "x.onnx"], "cannot be re-exported"),
+    (["--model", "x.onnx"], "holds no PyTorch network for export"),
     (["--model", "fcn8s_lite0", "--trace-size", "axb"], "--trace-size 'axb': expected HxW"),
     (["--model", "fcn8s_lite0", "--trace-size", "0x5"], "--trace-size '0x5'"),
     (["--model", "fcn8s_lite0", "--trace-size", "100000x100000"], "--trace-size 100000x100000: a forward pass"),

@@ -8,15 +8,21 @@ import pytest
 import torch
 from torch import nn
 
-from fcnseg.runtime.fast import (cpu_has_vnni, depthwise_upsampling, fold_batchnorm, labels_from_logits, normalize_batch,
-                         optimize_for_inference, quantize_int8)
+from conftest import randomise_  # noqa: E402
 from fcnseg.models import get_model
 from fcnseg.models.fcn import FCN
 from fcnseg.models.layers import Upscore
 from fcnseg.models.vgg import VGG16Trunk
 from fcnseg.preprocess import normalize
-
-from conftest import randomise_  # noqa: E402
+from fcnseg.runtime.fast import (
+    cpu_has_vnni,
+    depthwise_upsampling,
+    fold_batchnorm,
+    labels_from_logits,
+    normalize_batch,
+    optimize_for_inference,
+    quantize_int8,
+)
 
 SIZES = [(1, 37, 53), (2, 64, 64), (1, 45, 30)]
 

@@ -11,7 +11,6 @@ import yaml
 from fcnseg.cli.main import main
 from fcnseg.errors import UserError
 from fcnseg.training import load_config
-
 from test_training import _config, _rows, _write_camvid
 
 
@@ -226,9 +225,8 @@ def _image(path: Path, size=(40, 56), seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    from test_inference import random_fcn
-
     from fcnseg.weights import save_weights
+    from test_inference import random_fcn
 
     net = random_fcn(3, seed=1)  # predictions that vary over an image
     return save_weights(net.state_dict(), tmp_path_factory.mktemp("w") / "m.safetensors",
@@ -350,7 +348,8 @@ def test_predict_cli_shows_tile_progress_of_a_large_image(tmp_path, weights, mon
 
     monkeypatch.setattr(tqdm_mod, "tqdm", Recording)
     img = _image(tmp_path / "big.png", size=(150, 200))
-    assert main(["predict", "--model", str(weights), str(img), "--tile", "64", "--overlap", "32", "-o", str(tmp_path / "o")]) == 0
+    assert main(["predict", "--model", str(weights), str(img), "--tile", "64", "--overlap", "32",
+                 "-o", str(tmp_path / "o")]) == 0
     tiles = [b for b in bars if b["unit"] == "tile"]
     assert len(tiles) == 1 and tiles[0]["total"] > 1 and tiles[0]["bar"].n == tiles[0]["total"]
 
@@ -371,6 +370,39 @@ def test_large_image_note_and_max_pixels(tmp_path, weights, capsys):
     from PIL import Image
 
     assert Image.MAX_IMAGE_PIXELS == 89478485  # the limit held for that command only
+
+
+def test_library_pipeline_takes_max_pixels_and_shows_tiles(tmp_path, weights, monkeypatch):
+    """The same through Segmenter.predict_files (the library behind fcnseg predict): max_pixels holds
+    for that call only, and a tiled image gets its tile bar."""
+    import tqdm as tqdm_mod
+    from PIL import Image
+
+    from fcnseg.inference import load_model
+
+    model = load_model(weights, tile=64, overlap=32)
+    small = _image(tmp_path / "in" / "a.png", size=(40, 56))  # 2240 pixels
+    errors: list[str] = []
+    res = model.predict_files([small], tmp_path / "o1", max_pixels=1000, shard=None,
+                              on_error=lambda p, m: errors.append(m))
+    assert not res.written and len(errors) == 1 and "decompression bomb" in errors[0]
+    assert Image.MAX_IMAGE_PIXELS == 89478485
+    with pytest.raises(UserError, match="max_pixels must be >= 1"):
+        model.predict_files([small], tmp_path / "o0", max_pixels=0, shard=None)
+    bars: list[dict] = []
+    real = tqdm_mod.tqdm
+
+    class Recording(real):
+        def __init__(self, *a, **k):
+            k["disable"] = False
+            super().__init__(*a, **k)
+            bars.append({"unit": k.get("unit"), "total": k.get("total"), "bar": self})
+
+    monkeypatch.setattr(tqdm_mod, "tqdm", Recording)
+    big = _image(tmp_path / "in" / "big.png", size=(150, 200))
+    res = model.predict_files([big], tmp_path / "o2", progress=True, shard=None)
+    tiles = [b for b in bars if b["unit"] == "tile"]
+    assert len(res.written) == 1 and len(tiles) == 1 and tiles[0]["bar"].n == tiles[0]["total"] > 1
 
 
 def test_validation_during_training_shows_progress(tmp_path, data_root, capsys, monkeypatch):

@@ -12,8 +12,15 @@ import pytest
 from PIL import Image
 
 from fcnseg.errors import UserError
-from fcnseg.imageio import (as_rgb_array, collect_image_jobs, collect_images, read_image, read_label_png,
-                            write_label_png, write_rgb_png)
+from fcnseg.imageio import (
+    as_rgb_array,
+    collect_image_jobs,
+    collect_images,
+    read_image,
+    read_label_png,
+    write_label_png,
+    write_rgb_png,
+)
 
 
 def _rgb(h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:

@@ -386,9 +386,11 @@ class Tiny(nn.Module):
 
 @pytest.fixture(scope="module")
 def tiny() -> Segmenter:
+    from fcnseg.card import ModelCard
     from fcnseg.runtime.backends import TorchBackend
 
-    info = ModelInfo("tiny", None, 4, list("abcd"), np.zeros((4, 3), np.uint8), "imagenet")
+    info = ModelInfo("tiny", ModelCard(model="", num_classes=4, class_names=list("abcd"),
+                                       palette=np.zeros((4, 3), int).tolist()))
     return Segmenter(TorchBackend(Tiny(), torch.device("cpu")), info, tile=64, overlap=64)
 
 
@@ -563,7 +565,7 @@ def test_onnx_backend_matches_torch(onnx_file, model):
     np.testing.assert_array_equal(lab[sure], ref.argmax(0)[sure])
     batch = m.predict_batch([img, image(20, 30)], batch_size=2)
     np.testing.assert_array_equal(batch[0], lab)
-    with pytest.raises(UserError, match="runs with --backend onnxruntime"):
+    with pytest.raises(UserError, match="runs with backend onnxruntime"):
         load_model(path, backend="torch")
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import SHARED  # noqa: E402
 from fcnseg import surgery
 from fcnseg.caffe.prototxt import net_layers, read_prototxt
 from fcnseg.errors import UserError
@@ -25,7 +26,7 @@ from fcnseg.models.multimodal import EarlyFusionFCN, LateFusionFCN
 from fcnseg.models.multitask import MultiTaskFCN, multitask_loss
 from fcnseg.models.vgg import VGG16Trunk
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "fcn-berkeleyvision"
+REF = SHARED / "reference" / "fcn-berkeleyvision"
 # channels of the data layers' tops in the reference nets
 DATA_CHANNELS = {"data": 3, "color": 3, "hha": 3, "depth": 1}
 

@@ -75,9 +75,8 @@ def test_image_only_and_deterministic_per_sample_seed():
 
 
 def test_in_the_training_pipeline_through_the_data_set(tmp_path):
-    from test_data_camvid import write_camvid
-
     from fcnseg.data import get_dataset
+    from test_data_camvid import write_camvid
 
     write_camvid(tmp_path, n=2)
     pipe = T.train_transforms("imagenet", crop_size=(16, 16), scale_range=None, flip=False,

@@ -84,7 +84,8 @@ def test_explicit_precisions(monkeypatch):
 
 def test_auto_keeps_a_multi_input_net_fp32(auto, capsys):
     """An RGB-D net cannot segment the RGB samples the check uses: fp32, said so, no error."""
-    from fcnseg.inference.loader import ModelInfo
+    from fcnseg.card import ModelCard
+    from fcnseg.inference.info import ModelInfo
     from fcnseg.inference.precision import torch_backend
     from fcnseg.models import get_model, list_models
 
@@ -92,6 +93,7 @@ def test_auto_keeps_a_multi_input_net_fp32(auto, capsys):
     assert name in list_models()
     auto({"avx2", "avx512f", "avx512_bf16"})
     net = get_model(name, 4).eval()
-    info = ModelInfo("rgbd-test", name, 4, list("abcd"), np.zeros((4, 3), np.uint8), "imagenet")
+    info = ModelInfo("rgbd-test", ModelCard(model=name, num_classes=4, class_names=list("abcd"),
+                                            palette=np.zeros((4, 3), int).tolist()))
     backend = torch_backend(net, info, torch.device("cpu"), "auto", make_segmenter=lambda b: None)
     assert backend.precision == "fp32" and "needs more inputs" in capsys.readouterr().err

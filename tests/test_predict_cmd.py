@@ -24,7 +24,7 @@ from fcnseg.weights import save_weights
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     """A shipped-format weights file: fcn8s_lite0, 11 classes, random non-zero score layers, fp16."""
-    from fcnseg.viz import camvid_palette, camvid_class_names
+    from fcnseg.viz import camvid_class_names, camvid_palette
 
     torch.manual_seed(0)
     net = get_model("fcn8s_lite0", 11)
@@ -328,6 +328,60 @@ def test_two_head_model_through_onnx_keeps_both_heads(multitask_weights, images,
         _, p_torch = torch_model.head(head).predict(img, return_probs=True)
         np.testing.assert_allclose(p_onnx, p_torch, atol=1e-4)
     np.testing.assert_array_equal(read_label_png(out / "b_geo.png"), onnx_model.head("geo").predict(img))
+
+
+def test_predict_files_is_a_library_call(tmp_path):
+    """What `fcnseg predict` does, from Python: same files, failures reported, not raised."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from fcnseg.inference import load_model
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(src / "a.png")
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(src / "sub" / "b.jpg")
+    (src / "bad.png").write_bytes(b"not an image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model("fcn8s_lite0", num_classes=3)
+    heard = []
+    result = model.predict_files(src, tmp_path / "out", overlay=True, on_error=lambda p, m: heard.append((p, m)))
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in result.written) == ["a.png", "sub/b.png"]
+    assert (tmp_path / "out" / "sub" / "b_overlay.png").is_file()
+    assert list(result.failed) == [str(src / "bad.png")] and heard[0][0] == src / "bad.png"
+    labels = np.asarray(Image.open(tmp_path / "out" / "a.png"))
+    assert np.array_equal(labels, model.predict(src / "a.png"))
+    import pytest
+
+    from fcnseg.errors import UserError
+
+    with pytest.raises(UserError, match="batch_size must be >= 1"):
+        model.predict_files(src, tmp_path / "out2", batch_size=0)
+
+
+def test_plan_jobs_takes_this_ranks_share(tmp_path):
+    """Under torchrun each rank plans every N-th sorted file; a rank with no share is not an error."""
+    import numpy as np
+    from PIL import Image
+
+    from fcnseg.inference.files import plan_jobs
+    from fcnseg.inference.shard import Shard
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("c.png", "a.png", "b.png"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(src / name)
+    every, _ = plan_jobs([src], tmp_path / "out")
+    r0, _ = plan_jobs([src], tmp_path / "out", shard=Shard(0, 2))
+    r1, _ = plan_jobs([src], tmp_path / "out", shard=Shard(1, 2))
+    assert [p.name for p, _ in r0] == ["a.png", "c.png"] and [p.name for p, _ in r1] == ["b.png"]
+    assert sorted(r0 + r1) == sorted(every)
+    r4, _ = plan_jobs([src / "a.png"], tmp_path / "out", shard=Shard(3, 4))
+    assert r4 == []
 
 
 def test_torchrun_shards_files_across_ranks(weights, images, tmp_path):

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fcnseg.errors import UserError
 from fcnseg.analysis.sampling import loss_sampling_mask, masked_loss, sampled_loss
+from fcnseg.errors import UserError
 
 
 def _problem(n=1, k=3, h=3, w=5, seed=0):
@@ -37,7 +37,7 @@ def test_expected_gradient_over_all_masks_equals_full_gradient(normalize, use_we
     """Exact: enumerate every mask of a 3x5 image with 2x2 cells (2 x 3 = 6 cells)."""
     logits, target = _problem()
     weight = torch.tensor([0.5, 2.0, 1.5], dtype=torch.float64) if use_weight else None
-    p, stride = 0.3, 2
+    p = 0.3
     cells = [(a, b) for a in range(2) for b in range(3)]
     expected_grad = torch.zeros_like(logits)
     expected_loss = 0.0

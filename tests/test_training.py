@@ -342,3 +342,24 @@ def test_mixed_precision_autocast_and_loss_scaling_run_on_cpu(data_root, tmp_pat
     # An fp16 run resumes with its loss-scaler state.
     assert main(["train", "--resume", str(runs["fp16"]), "--epochs", "5"]) == 0
     assert load_checkpoint(runs["fp16"] / "last.pt")["scaler"]["scale"] > 0
+
+
+def test_config_base_inheritance(tmp_path):
+    """`base:` names another config (relative path); the file overrides it, `null` unsets."""
+    (tmp_path / "a.yaml").write_text("model: fcn32s_vgg16\nlr: 1.0e-10\ninit_from: x.pt\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nlr: 1.0e-12\ninit_from: null\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert (cfg.model, cfg.lr, cfg.init_from) == ("fcn32s_vgg16", 1e-12, None)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(UserError, match="includes itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(UserError, match="missing.yaml: config file not found"):
+        load_config(tmp_path / "c.yaml")
+    # the staged VOC recipes: the 32s recipe but for what staging changes
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    v32 = load_config(configs / "voc-fcn32s.yaml").to_dict()
+    v16 = load_config(configs / "voc-fcn16s.yaml").to_dict()
+    changed = {k for k in v32 if v32[k] != v16[k]}
+    assert changed == {"model", "backbone_weights", "init_from", "lr", "run_dir"}
+    assert v16["backbone_weights"] is None and v16["lr"] == 1e-12

@@ -120,7 +120,7 @@ def test_color_jitter_changes_image_only():
 
 def test_normalize_types():
     s = block_sample(h=32, w=48)
-    out = T.Normalize("caffe", hha_mean=(118.477, 94.076, 132.431))(s)
+    out = T.Normalize("caffe", hha_mean=(132.431, 94.076, 118.477))(s)
     assert out["image"].shape == (3, 32, 48) and out["image"].dtype == torch.float32
     assert out["label"].dtype == torch.int64 and out["label"].shape == (32, 48)
     assert out["label_geo"].dtype == torch.int64

@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from fcnseg.analysis.upper_bound import cell_centres, downsample_labels, parse_factors, reconstruct_labels, upper_bound
 from fcnseg.cli.main import main
 from fcnseg.errors import UserError
-from fcnseg.analysis.upper_bound import (cell_centres, downsample_labels, parse_factors, reconstruct_labels,
-                                upper_bound)
 
 
 class ToyDataset:
@@ -70,7 +69,7 @@ def test_void_cell_centre_counts_as_wrong():
 def test_bad_factors():
     assert parse_factors("8, 16,32") == [8, 16, 32]
     for bad in ("", "8,x", "0,8", "-4"):
-        with pytest.raises(UserError, match="--factors"):
+        with pytest.raises(UserError, match="factors"):
             parse_factors(bad)
     with pytest.raises(UserError):
         upper_bound(ToyDataset([np.zeros((2, 2))]), [0])

@@ -7,8 +7,17 @@ import sys
 import numpy as np
 import pytest
 
-from fcnseg.viz import (camvid_palette, colorize, default_palette, distinct_palette, grid, legend, overlay,
-                        side_by_side, voc_palette)
+from fcnseg.viz import (
+    camvid_palette,
+    colorize,
+    default_palette,
+    distinct_palette,
+    grid,
+    legend,
+    overlay,
+    side_by_side,
+    voc_palette,
+)
 
 
 def test_voc_palette_matches_the_devkit():

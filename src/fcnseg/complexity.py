@@ -55,7 +55,8 @@ def layer_flops(module: nn.Module, output: Tensor) -> int:
             p, dil, op = module.padding[d], module.dilation[d], module.output_padding[d]
             spatial_in *= (out + 2 * p - dil * (k - 1) - op - 1) // s + 1
         batch = int(output.shape[0]) if output.dim() == dims + 2 else 1
-        macs = batch * spatial_in * module.in_channels * (module.out_channels // module.groups) * _prod(module.kernel_size)
+        macs = (batch * spatial_in * module.in_channels * (module.out_channels // module.groups)
+                * _prod(module.kernel_size))
         return 2 * macs
     if isinstance(module, nn.Linear):
         rows = output.numel() // module.out_features

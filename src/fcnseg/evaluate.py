@@ -15,20 +15,23 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .card import ModelCard, model_inputs
 from .errors import UserError
 from .metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalResult", "evaluate"]
+__all__ = ["EvalResult", "evaluate", "format_table", "save_confusion_figure", "nan_to_none"]
 
 
 @dataclass
@@ -48,6 +51,20 @@ class EvalResult:
     @property
     def scores(self) -> dict[str, Any]:
         return self.confusion.compute()
+
+    def format(self, title: str = "") -> str:
+        """The four metrics and the per-class table (and one per extra head, and the per-sequence
+        table when sequences were scored), as ``fcnseg eval`` prints them."""
+        parts = [format_table(self.scores, self.class_names, title)]
+        for head, (cm, names) in self.heads.items():
+            parts.append(format_table(cm.compute(), names, f"head {head!r}"))
+        if self.sequences:
+            parts.append(self.sequence_table())
+        return "\n\n".join(parts)
+
+    def save_confusion_figure(self, path: str | Path, title: str = "") -> None:
+        """The main head's row-normalised confusion matrix as a heatmap (.png/.pdf/.svg; needs matplotlib)."""
+        save_confusion_figure(self.confusion.numpy(), self.class_names, path, title=title)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the four metrics, per-class IoU/accuracy by name, counts, the matrix."""
@@ -111,25 +128,11 @@ def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return batch
 
 
-def _model_inputs(model: nn.Module, samples: list[dict[str, Any]], device: torch.device) -> Tensor | dict:
-    modalities = getattr(model, "modalities", None)
-    if isinstance(modalities, Mapping):
-        out = {}
-        for m in modalities:
-            key = "image" if m in ("rgb", "color", "image") else m
-            if key not in samples[0]:
-                raise UserError(f"the model needs the {m!r} input but the data set gives only "
-                                f"{', '.join(k for k in samples[0] if not k.startswith('label') and k != 'path')}")
-            out[m] = torch.stack([s[key] for s in samples]).to(device)
-        return out
-    return torch.stack([s["image"] for s in samples]).to(device)
-
-
-def _groups(samples: list[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:
-    """Consecutive runs of samples with the same image size, at most ``batch_size`` long."""
+def _groups(samples: list[dict[str, Any]], batch_size: int, key: str = "image") -> Iterator[list[dict[str, Any]]]:
+    """Consecutive runs of samples with the same input size, at most ``batch_size`` long."""
     run: list[dict[str, Any]] = []
     for s in samples:
-        if run and (len(run) == batch_size or s["image"].shape != run[0]["image"].shape):
+        if run and (len(run) == batch_size or s[key].shape[-2:] != run[0][key].shape[-2:]):
             yield run
             run = []
         run.append(s)
@@ -142,15 +145,15 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
              normalization: str | None = None, progress: bool = True, batch_size: int = 1,
              num_workers: int = 0, skip_bad: bool = False, flip: bool = False,
              amp: bool = False, limit: int | None = None, tta: Any = None,
-             per_sequence: bool = False) -> EvalResult:
+             per_sequence: bool = False, card: ModelCard | None = None) -> EvalResult:
     """Run ``model`` over every sample of ``dataset`` and score it.
 
     Args:
         model: returns ``N x K x H x W`` scores (or a dict of heads; the ``main_head`` is
             scored against ``label`` and any other head ``h`` against ``label_h`` if present).
-        dataset: an fcnseg data set. Without a transform it is normalised with
-            ``normalization`` (default: the model's own ``normalization``); with one, its
-            transform must produce tensors.
+        dataset: an fcnseg data set. Without a transform it is preprocessed as ``card``
+            says (``normalization`` overrides its image preset); with one, its transform
+            must produce tensors.
         batch_size: images per forward pass (equal-size neighbours only).
         num_workers: DataLoader worker processes for reading images.
         skip_bad: log and skip unreadable/inconsistent samples instead of stopping.
@@ -162,6 +165,9 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
         limit: score only the first ``limit`` images (quick checks).
         per_sequence: also score each sequence on its own (``EvalResult.sequences``); the
             data set must say which sequence each sample is from (``sequence_of(i)``, CamVid).
+        card: the model card: which sample keys feed the net and how they are preprocessed
+            (default: the net's own inputs with the reference preprocessing,
+            :meth:`fcnseg.card.ModelCard.for_net`).
     """
     from .data.transforms import eval_transforms
     from .inference.tta import parse_tta, tta_probs
@@ -172,9 +178,11 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
     if getattr(model, "num_classes", num_classes) != num_classes:
         raise UserError(f"the model predicts {model.num_classes} classes but the {dataset.name} data set has "
                         f"{num_classes}; use a model trained on this data set")
+    if card is None:
+        card = ModelCard.for_net(model, num_classes=num_classes, normalization=normalization)
     if dataset.transform is None:
         dataset = copy.copy(dataset)
-        dataset.transform = eval_transforms(normalization or getattr(model, "normalization", "imagenet"))
+        dataset.transform = eval_transforms(normalization or card.normalization, **card.preprocessing())
     if getattr(dataset, "skip_bad", False):
         dataset = copy.copy(dataset)
         dataset.skip_bad = False  # errors come back to us with their message; we decide
@@ -230,8 +238,8 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
                         seq_images[s["_sequence"]] -= 1
                 else:
                     good.append(s)
-            for group in _groups(good, max(1, batch_size)):
-                x = _model_inputs(model, group, dev)
+            for group in _groups(good, max(1, batch_size), card.inputs[0].key):
+                x = model_inputs(card, group, dev)
                 with torch.autocast(dev.type, dtype=autocast_dtype, enabled=amp):
                     out = tta_probs(model, x, views) if views.active else model(x)  # scores or probabilities
                 outs = out if isinstance(out, Mapping) else {None: out}
@@ -249,7 +257,8 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
                         if key not in group[0]:
                             continue
                         if head not in heads:
-                            names = list(getattr(dataset, f"{head}_class_names", [str(i) for i in range(logits.shape[1])]))
+                            generic = [str(i) for i in range(logits.shape[1])]
+                            names = list(getattr(dataset, f"{head}_class_names", generic))
                             heads[head] = (ConfusionMatrix(logits.shape[1], dataset.ignore_index).to(dev), names)
                         _update(heads[head][0], pred, torch.stack([s[key] for s in group]).to(dev), group)
             done += len(batch)
@@ -280,3 +289,72 @@ def _update(cm: ConfusionMatrix, pred: Tensor, target: Tensor, group: list[dict[
         cm.update(pred, target)
     except UserError as exc:  # name the file (the data sets check labels, so only a custom transform gets here)
         raise UserError(f"{', '.join(s.get('path', '?') for s in group)}: {exc}") from None
+
+
+def _pct(v: float) -> str:
+    return "    -" if v is None or math.isnan(v) else f"{100 * v:5.1f}"
+
+
+def format_table(scores: dict[str, Any], class_names: list[str], title: str) -> str:
+    """The four metrics and a per-class IoU / accuracy table, in percent ('-': class absent)."""
+    width = max([len(n) for n in class_names] + [5])
+    lines = [title, "",
+             f"{'pixel acc':>10} {'mean acc':>9} {'mean IoU':>9} {'fw IoU':>7}",
+             f"{_pct(scores['pixel_acc']):>10} {_pct(scores['mean_acc']):>9} {_pct(scores['mean_iou']):>9} "
+             f"{_pct(scores['fw_iou']):>7}", "",
+             f"{'class':<{width}}  {'IoU':>5}  {'acc':>5}"]
+    for name, iou, acc in zip(class_names, scores["iou"], scores["acc"]):
+        lines.append(f"{name:<{width}}  {_pct(iou)}  {_pct(acc)}")
+    lines.append("(percent; '-': undefined, the class is absent from the ground truth"
+                 " (IoU: and from the predictions); left out of the means)")
+    return "\n".join(lines)
+
+
+def nan_to_none(obj: Any) -> Any:
+    """NaN (undefined metrics) as None, so that JSON files stay standard JSON."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [nan_to_none(v) for v in obj]
+    return obj
+
+
+def save_confusion_figure(mat: Any, class_names: list[str], path: str | Path, title: str = "") -> None:
+    """Row-normalised confusion matrix (each ground-truth row sums to 1) as a heatmap (needs matplotlib)."""
+    path = Path(path)
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = np.asarray(mat, dtype=np.float64)
+    rows = m.sum(axis=1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    k = len(class_names)
+    size = max(4.0, 0.45 * k + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), class_names, rotation=90, fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    if k <= 25:
+        for i in range(k):
+            for j in range(k):
+                if norm[i, j] >= 0.01:
+                    ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the ground-truth row")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=150)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the figure ({exc})") from None
+    finally:
+        plt.close(fig)

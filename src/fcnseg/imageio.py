@@ -25,13 +25,14 @@ Conversion rules (the documented policy):
 """
 from __future__ import annotations
 
+import contextlib
 import glob as globlib
 import io
 import os
 import re
 import warnings
 from pathlib import Path, PurePath
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from .errors import UserError
 
 __all__ = [
     "IMAGE_EXTENSIONS", "read_image", "pil_to_rgb", "as_rgb_array", "read_label_png", "write_label_png",
-    "write_rgb_png", "atomic_write", "collect_images", "collect_image_jobs", "set_max_pixels",
+    "write_rgb_png", "atomic_write", "collect_images", "collect_image_jobs", "set_max_pixels", "pixel_limit",
     "LargeImageWarning",
 ]
 
@@ -52,15 +53,34 @@ class LargeImageWarning(UserWarning):
     """An image above the pixel limit (but under twice it) is decoded anyway; said in one line."""
 
 
-def set_max_pixels(limit: int | None) -> None:
+def set_max_pixels(limit: int | None, name: str = "--max-pixels") -> None:
     """The pixel limit for reading images (Pillow's guard against decompression bombs, which
     :func:`read_image` enforces in its own words): above it a :class:`LargeImageWarning`,
-    above twice it a :class:`UserError`. ``None`` restores Pillow's default (89,478,485)."""
+    above twice it a :class:`UserError`. ``None`` restores Pillow's default (89,478,485).
+    ``name``: how a bad value's error names the setting."""
     from PIL import Image
 
     if limit is not None and limit < 1:
-        raise UserError(f"--max-pixels must be >= 1, got {limit}")
+        raise UserError(f"{name} must be >= 1, got {limit}")
     Image.MAX_IMAGE_PIXELS = _PILLOW_DEFAULT_MAX if limit is None else int(limit)
+
+
+@contextlib.contextmanager
+def pixel_limit(limit: int | None, name: str = "max_pixels") -> Iterator[None]:
+    """:func:`set_max_pixels` for the ``with`` block only, the previous limit restored after
+    (``None``: the limit is left as it is). Pillow's limit is process-wide, so this is how a
+    library call (``Segmenter.predict_files(max_pixels=)``) raises it for its own reads."""
+    from PIL import Image
+
+    if limit is None:
+        yield
+        return
+    before = Image.MAX_IMAGE_PIXELS
+    set_max_pixels(limit, name)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
 
 
 def _pillow_default_max() -> int:

@@ -45,7 +45,8 @@ def get_normalization(name: str | Normalization) -> Normalization:
 def normalize(image: np.ndarray | Tensor, preset: str | Normalization = "imagenet") -> Tensor:
     """RGB uint8 ``H x W x 3`` (array or tensor) -> float32 ``3 x H x W`` tensor for the net.
 
-    The result is on the input's device (a CUDA tensor stays on its GPU). One pass: channel flip, scale, mean and std are folded into a single multiply-add.
+    The result is on the input's device (a CUDA tensor stays on its GPU). One pass: channel flip,
+    scale, mean and std are folded into a single multiply-add.
     """
     norm = get_normalization(preset)
     if isinstance(image, np.ndarray):
@@ -74,3 +75,26 @@ def denormalize(tensor: Tensor, preset: str | Normalization = "imagenet") -> np.
     if norm.bgr:
         t = t.flip(0)
     return t.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def normalize_hha(hha: np.ndarray | Tensor, mean: tuple[float, ...] | None = None) -> Tensor:
+    """HHA ``H x W x 3`` uint8 (file channel order) -> float32 ``3 x H x W`` minus ``mean``
+    (the reference NYUD nets subtract (132.431, 94.076, 118.477); None: nothing)."""
+    t = torch.as_tensor(np.ascontiguousarray(hha)) if isinstance(hha, np.ndarray) else hha
+    t = t.permute(2, 0, 1).to(torch.float32)
+    if mean is not None:
+        t = t - torch.tensor(mean, dtype=torch.float32, device=t.device).view(3, 1, 1)
+    return t.contiguous()
+
+
+def normalize_depth(depth: np.ndarray | Tensor, log_mean: float | None = None) -> Tensor:
+    """Depth ``H x W`` in metres -> float32 ``1 x H x W``: with ``log_mean``, the reference
+    RGB-D input ``log(depth in mm) - log_mean`` (missing depth, 0, stays 0: log 0 is -inf);
+    without, metres as read."""
+    d = torch.as_tensor(np.ascontiguousarray(depth, dtype=np.float32)) if isinstance(depth, np.ndarray) \
+        else depth.to(torch.float32)
+    d = d[None]
+    if log_mean is not None:
+        valid = d > 0
+        d = torch.where(valid, torch.log(d.clamp_min(1e-6) * 1000.0) - log_mean, torch.zeros_like(d))
+    return d

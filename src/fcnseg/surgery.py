@@ -42,9 +42,9 @@ from typing import Literal, Mapping
 import torch
 from torch import Tensor, nn
 
+from .analysis.rarefy import rarefy
 from .errors import UserError
 from .models.layers import Upscore, bilinear_init_, bilinear_kernel, zero_init_
-from .analysis.rarefy import rarefy
 
 __all__ = [
     "TransplantReport", "add_input_channels", "bilinear_init_", "bilinear_kernel", "change_num_classes",

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .palettes import voc_palette
+
 __all__ = [
     "voc_palette", "camvid_palette", "distinct_palette", "default_palette", "colorize", "overlay",
     "legend", "side_by_side", "grid", "get_font",
@@ -21,25 +23,10 @@ __all__ = [
 
 IGNORE_COLOR = (0, 0, 0)
 
+# voc_palette lives in fcnseg.palettes (the data sets need it, and viz needs the data sets' colours)
+
 
 # --------------------------------------------------------------------------- palettes
-def voc_palette(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map (``VOClabelcolormap.m`` of the VOC devkit) for ``n`` classes.
-
-    Bits 0, 1, 2 of the class index go to the top bit of R, G, B, the next three bits
-    to the next bit, and so on; class 0 is black, 1 is (128, 0, 0), 255 is (224, 224, 192).
-    Distinct for up to 2**24 classes.
-    """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    ids = np.arange(n, dtype=np.int64)
-    cmap = np.zeros((n, 3), dtype=np.int64)
-    for j in range(8):
-        for c in range(3):
-            cmap[:, c] |= ((ids >> (3 * j + c)) & 1) << (7 - j)
-    return cmap.astype(np.uint8)
-
-
 def camvid_palette() -> np.ndarray:
     """The 11 CamVid class colours of the SegNet tutorial (Sky, Building, ..., Bicyclist)."""
     from .data.camvid import PALETTE
@@ -105,7 +92,8 @@ def _lut(pal: np.ndarray, size: int, ignore_color: Sequence[int]) -> np.ndarray:
     return lut
 
 
-def colorize(label: np.ndarray, palette: np.ndarray | Sequence, ignore_color: Sequence[int] = IGNORE_COLOR) -> np.ndarray:
+def colorize(label: np.ndarray, palette: np.ndarray | Sequence,
+             ignore_color: Sequence[int] = IGNORE_COLOR) -> np.ndarray:
     """Class-index map ``H x W`` -> RGB ``H x W x 3``; indices outside the palette get ``ignore_color``."""
     pal = _palette_array(palette)
     label = np.asarray(label)

@@ -66,10 +66,10 @@ def parse_factors(text: str) -> list[int]:
     try:
         factors = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise UserError(f"--factors {text!r}: expected comma-separated positive integers, "
+        raise UserError(f"factors {text!r}: expected comma-separated positive integers, "
                         "e.g. 8,16,32,64") from None
     if not factors or any(f < 1 for f in factors):
-        raise UserError(f"--factors {text!r}: expected comma-separated positive integers, "
+        raise UserError(f"factors {text!r}: expected comma-separated positive integers, "
                         "e.g. 8,16,32,64")
     return factors
 

@@ -7,5 +7,6 @@ from .convert import convert_caffemodel, export_caffemodel
 from .net import Net
 from .prototxt import net_layers, parse_prototxt, read_prototxt
 
-__all__ = ["Blob", "CaffeLayer", "Net", "convert_caffemodel", "export_caffemodel", "iter_caffemodel", "net_layers", "parse_prototxt", "read_caffemodel",
+__all__ = ["Blob", "CaffeLayer", "Net", "convert_caffemodel", "export_caffemodel", "iter_caffemodel", "net_layers",
+           "parse_prototxt", "read_caffemodel",
            "read_prototxt", "write_caffemodel"]

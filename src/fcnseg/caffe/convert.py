@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..card import ModelCard
 from ..errors import UserError
 from ..models import get_model, model_spec
 from ..preprocess import get_normalization
@@ -199,28 +200,24 @@ def convert_caffemodel(caffemodel: str | Path | Iterable[CaffeLayer], arch: str,
     return model, report
 
 
-def conversion_meta(model: nn.Module, report: ConversionReport, normalization: str | None = None,
-                    class_names: list[str] | None = None) -> dict[str, Any]:
-    """The weights-file metadata: the Caffe preprocessing goes with Caffe weights."""
+def conversion_card(model: nn.Module, report: ConversionReport, normalization: str | None = None,
+                    class_names: list[str] | None = None) -> ModelCard:
+    """The converted model's card: the Caffe preprocessing goes with Caffe weights; the Caffe
+    source is recorded as its provenance."""
     norm = get_normalization(normalization or getattr(model, "normalization", "caffe"))
-    meta: dict[str, Any] = {
-        "model": report.arch,
-        "num_classes": report.num_classes,
-        "normalization": norm.name,
-        "options": {},
-        "preprocessing": {"channel_order": "BGR" if norm.bgr else "RGB",
-                          "pixel_range": "0..255" if norm.scale == 1 else f"0..{255 * norm.scale:g}",
-                          "mean": list(norm.mean), "std": list(norm.std)},
-        "source": {"format": "caffemodel", "file": Path(report.caffemodel).name,
-                   "kind": "classifier" if report.classifier else "fcn",
-                   "convolutionalized": report.convolutionalized, "dropped": report.dropped,
-                   "kept_init": report.kept_init},
-    }
-    if class_names is not None:
-        if len(class_names) != report.num_classes:
-            raise UserError(f"{len(class_names)} class names for {report.num_classes} classes")
-        meta["class_names"] = class_names
-    return meta
+    if class_names is not None and len(class_names) != report.num_classes:
+        raise UserError(f"{len(class_names)} class names for {report.num_classes} classes")
+    return ModelCard.for_net(
+        model, model=report.arch, num_classes=report.num_classes, normalization=norm.name, trained=True,
+        class_names=list(class_names or []), options={},
+        provenance={
+            "preprocessing": {"channel_order": "BGR" if norm.bgr else "RGB",
+                              "pixel_range": "0..255" if norm.scale == 1 else f"0..{255 * norm.scale:g}",
+                              "mean": list(norm.mean), "std": list(norm.std)},
+            "source": {"format": "caffemodel", "file": Path(report.caffemodel).name,
+                       "kind": "classifier" if report.classifier else "fcn",
+                       "convolutionalized": report.convolutionalized, "dropped": report.dropped,
+                       "kept_init": report.kept_init}})
 
 
 VERIFY_TOLERANCE = 1e-4
@@ -235,14 +232,14 @@ def convert_to_file(caffemodel: str | Path, arch: str, out: str | Path, num_clas
     scores on a random input (relative difference <= 1e-4) before anything is written.
     """
     model, report = convert_caffemodel(caffemodel, arch, num_classes)
-    meta = conversion_meta(model, report, normalization, class_names)
+    card = conversion_card(model, report, normalization, class_names)
     if verify is not None:
         report.verified = verify_against_prototxt(model, verify, caffemodel)
         if report.verified > VERIFY_TOLERANCE:
             raise UserError(f"{caffemodel}: the converted {arch} differs from {verify} by {report.verified:.2e} "
                             f"(relative); expected <= {VERIFY_TOLERANCE:g}")
-        meta["source"]["verified_against"] = Path(verify).name
-    save_weights(model.state_dict(), out, meta)
+        card.provenance["source"]["verified_against"] = Path(verify).name
+    save_weights(model.state_dict(), out, card.to_meta())
     return report
 
 

@@ -26,8 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from .caffemodel import Blob, CaffeLayer, read_caffemodel
-from .ops import (CaffeLRN, CaffePool2d, CaffeScale, Concat, Crop, Eltwise, Flatten, InnerProduct, Softmax,
-                  fill_)
+from .ops import CaffeLRN, CaffePool2d, CaffeScale, Concat, Crop, Eltwise, Flatten, InnerProduct, Softmax, fill_
 from .prototxt import net_layers, read_prototxt
 
 INPUT_TYPES = frozenset({"Input", "Python", "Data", "ImageData", "HDF5Data", "MemoryData", "DummyData",

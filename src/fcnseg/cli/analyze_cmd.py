@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from .common import add_json, check_json_path, emit_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     ub.add_argument("--factors", default="8,16,32,64",
                     help="comma-separated output strides (default: 8,16,32,64)")
     ub.add_argument("--per-class", action="store_true", help="also print the IU of each class")
-    ub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json(ub, "the scores")
     ub.set_defaults(_analysis=_run_upper_bound)
     return p
 
@@ -42,18 +43,16 @@ def format_upper_bound(results: dict[int, dict], class_names: list[str], per_cla
 
 
 def _run_upper_bound(args: argparse.Namespace) -> int:
-    from ..data import get_dataset
     from ..analysis.upper_bound import parse_factors, upper_bound
+    from ..data import get_dataset
 
     factors = parse_factors(args.factors)
     dataset = get_dataset(args.dataset, args.root, args.split)
-    results = upper_bound(dataset, factors, progress=sys.stderr.isatty() and not args.json)
-    if args.json:
-        out = {"dataset": args.dataset, "split": args.split, "num_images": len(dataset),
-               "class_names": list(dataset.class_names),
-               "factors": {str(f): r for f, r in results.items()}}
-        print(json.dumps(out, indent=2))
-    else:
+    check_json_path(args.json)
+    results = upper_bound(dataset, factors, progress=sys.stderr.isatty() and args.json != "-")
+    out = {"dataset": args.dataset, "split": args.split, "num_images": len(dataset),
+           "class_names": list(dataset.class_names), "factors": {str(f): r for f, r in results.items()}}
+    if not emit_json(args.json, out):
         print(f"{args.dataset} {args.split}: {len(dataset)} images; ground truth downsampled by each "
               "factor (cell centre), upsampled back (nearest), scored in %")
         print(format_upper_bound(results, list(dataset.class_names), args.per_class))

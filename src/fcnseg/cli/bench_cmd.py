@@ -2,34 +2,31 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from ..errors import UserError
+from .common import add_batch_size, add_device, add_json, add_precision, check_json_path, emit_json
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench", help="time a model's inference and compare it with this machine's GEMM rate",
         description="Time a model at one input size: counted GFLOPs, parameters, latency per batch (median, p10, "
-                    "p90 after warm-up), images/s, achieved GFLOP/s, this machine's fp32 GEMM rate measured in "
-                    "the same run with the same threads and the share of it achieved, and peak memory. "
-                    "--baseline also times a plain eager NCHW fp32 forward in the same process (repeats "
-                    "interleaved) and prints the speed-up. Numbers depend on the load of the machine: the load "
-                    "average is printed with them.")
+                    "p90 after warm-up), images/s, achieved GFLOP/s, this machine's GEMM rate in the same "
+                    "precision measured in the same run with the same threads and the share of it achieved, "
+                    "and peak memory. --baseline also times a plain eager NCHW fp32 forward in the same "
+                    "process (repeats interleaved) and prints the speed-up. Numbers depend on the load of the "
+                    "machine: the load average is printed with them.")
     p.add_argument("--model", "-m", required=True,
                    help="architecture name, shipped model name, or a .safetensors / .pt weights file")
     p.add_argument("--size", default="500x500", help="input height x width (default 500x500)")
-    p.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default: auto, CUDA when present)")
-    p.add_argument("--precision", "--dtype", dest="dtype", choices=("auto", "fp32", "fp16", "bf16", "int8"),
-                   default=None,
-                   help="auto (default, or $FCNSEG_PRECISION): the lower precisions this device runs well "
-                        "(bf16 with AMX/avx512_bf16, fp16 on CUDA; see docs/performance.md) timed against fp32, "
-                        "the fastest benchmarked, printed with the reason; fp32; fp16 (CUDA); bf16; int8 (CPU, "
-                        "post-training static quantisation calibrated on random inputs: speed only). "
-                        "--dtype is the old name")
+    add_batch_size(p, 1, "images per forward pass", old="--batch")
+    add_device(p)
+    add_precision(p, help="auto (default, or $FCNSEG_PRECISION): the lower precisions this device runs well "
+                          "(bf16 with AMX/avx512_bf16, fp16 on CUDA; see docs/performance.md) timed against fp32, "
+                          "the fastest benchmarked, printed with the reason; fp32; fp16 (CUDA); bf16; int8 (CPU, "
+                          "post-training static quantisation calibrated on random inputs: speed only; see "
+                          "scripts/int8_accuracy.py for accuracy)", old="--dtype")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                    help="execution engine (onnxruntime: exported to ONNX in a temporary folder first)")
     p.add_argument("--baseline", action="store_true",
@@ -54,7 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=None, help="classes of an architecture given by name")
     p.add_argument("--gemm-size", type=int, default=None,
                    help="n of the n x n fp32 GEMM that measures the machine (default 2048 CPU, 8192 CUDA)")
-    p.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="also write every figure as JSON")
+    add_json(p, "every figure")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress messages on stderr")
     return p
 
@@ -66,12 +63,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.compile and args.freeze:
         raise UserError("--compile and --freeze are alternatives; choose one")
-    if args.json is not None:
-        from ..outpaths import check_output_file
-
-        check_output_file(args.json, "--json")
-    cfg = BenchConfig(model=args.model, size=parse_size(args.size), batch=args.batch, device=args.device,
-                      dtype=args.dtype, backend=args.backend, channels_last=args.channels_last,
+    if args.gemm_size is not None and args.gemm_size < 1:
+        raise UserError(f"--gemm-size must be >= 1, got {args.gemm_size}")
+    check_json_path(args.json)
+    cfg = BenchConfig(model=args.model, size=parse_size(args.size, "--size"), batch=args.batch_size, device=args.device,
+                      dtype=args.precision, backend=args.backend, channels_last=args.channels_last,
                       optimize=args.optimize, freeze=args.freeze, compile=args.compile, baseline=args.baseline,
                       end_to_end=args.end_to_end, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
                       num_classes=args.num_classes, gemm_size=args.gemm_size)
@@ -83,13 +79,17 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, MemoryError) as exc:
         if not is_out_of_memory(exc):
             raise
-        raise UserError(f"--size {args.size} / --batch {args.batch}: out of memory while benchmarking "
+        raise UserError(f"--size {args.size} / --batch-size {args.batch_size}: out of memory while benchmarking "
                         "(the estimate made before it fitted, tightly); use a smaller size") from None
-    print(format_report(result))
-    if args.json is not None:
-        try:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
-        except OSError as exc:
-            raise UserError(f"{args.json}: cannot write ({exc.strerror or exc})") from None
+    # the file first (a closed stdout must not lose it); a failed write is reported after the report
+    failed = None
+    try:
+        to_stdout = emit_json(args.json, result)
+    except UserError as exc:
+        to_stdout, failed = False, exc
+    if not to_stdout:
+        print(format_report(result))
+    if failed is not None:
+        sys.stdout.flush()
+        raise UserError(f"{failed} (the report is printed above)")
     return 0

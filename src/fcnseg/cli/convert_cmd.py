@@ -15,7 +15,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "weights file for --arch. Every blob shape is checked; any layer that does not fit, is "
                     "missing or is left over is an error naming it. Caffe itself is not needed.")
     p.add_argument("caffemodel", type=Path, help="the .caffemodel file")
-    p.add_argument("--arch", help="fcnseg model name (see `fcnseg models`), e.g. fcn8s_vgg16")
+    p.add_argument("--model", "-m", help="fcnseg model name (see `fcnseg models`), e.g. fcn8s_vgg16")
+    p.add_argument("--arch", dest="model", help=argparse.SUPPRESS)  # deprecated spelling of --model
     p.add_argument("--out", type=Path, help="output weights file (.safetensors)")
     p.add_argument("--num-classes", type=int, default=None,
                    help="number of classes (default: the caffemodel's score_fr rows, else the model's default)")
@@ -51,12 +52,12 @@ def run(args: argparse.Namespace) -> int:
             shapes = ", ".join("x".join(map(str, b.shape)) for b in layer.blobs)
             print(f"{layer.name}\t{layer.type}\t{shapes}")
         return 0
-    if not args.arch or not args.out:
-        raise UserError("--arch and --out are required (or use --list)")
+    if not args.model or not args.out:
+        raise UserError("--model and --out are required (or use --list)")
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num-classes must be >= 1, got {args.num_classes}")
     names = _read_class_names(args.class_names) if args.class_names else None
-    report = convert_to_file(args.caffemodel, args.arch, args.out, args.num_classes,
+    report = convert_to_file(args.caffemodel, args.model, args.out, args.num_classes,
                              normalization=args.normalization, class_names=names, verify=args.verify)
     for line in report.lines():
         print(line)

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import UserError
+from .common import add_device, add_precision
 
 DEFAULT_MODEL = "camvid-fcn8s-lite0"
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "camvid"
@@ -32,12 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="output folder (default: ./fcnseg-demo)")
     p.add_argument("--model", "-m", default=DEFAULT_MODEL,
                    help=f"a trained 11-class CamVid model: shipped name or weights file (default: {DEFAULT_MODEL})")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto, CUDA when present)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default=None,
-                   help="auto (default, or $FCNSEG_PRECISION): the fastest precision this machine runs well "
-                        "whose labels agree with fp32 on >= 99.5%% of the shipped sample pixels (measured once, "
-                        "printed); fp32: exact; bf16; fp16 (CUDA); int8 (CPU, calibrated on the shipped CamVid "
-                        "samples)")
+    add_device(p)
+    add_precision(p)
     p.add_argument("--quiet", "-q", action="store_true", help="print only the scores")
     return p
 
@@ -53,7 +50,12 @@ def sample_pairs() -> list[tuple[Path, Path]]:
 
 
 def _load(model_arg: str, device: str, precision: str | None = None):
-    from ..inference import UntrainedModelWarning, list_shipped_models, load_model, shipped_weights_path
+    from ..inference import (
+        UntrainedModelWarning,
+        list_shipped_models,
+        load_model,
+        shipped_weights_path,
+    )
     from ..models import list_models
 
     looks_like_file = Path(model_arg).suffix or "/" in model_arg
@@ -80,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..imageio import read_image, read_label_png, write_label_png, write_rgb_png
+    from ..inference.files import check_out_dir as _check_out_dir
     from ..metrics import ConfusionMatrix
     from ..viz import camvid_class_names, overlay, side_by_side
-    from .predict_cmd import _check_out_dir
 
     start = time.perf_counter()
     pairs = sample_pairs()

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
-import math
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .common import add_batch_size, add_device, add_json, add_precision, check_json_path, emit_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,22 +25,22 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "(default: the data set recorded in the weights)")
     p.add_argument("--root", required=True, help="the data set's root folder")
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    add_json(p, "the results")
     p.add_argument("--confusion", metavar="PATH",
                    help="save a row-normalised confusion-matrix heatmap (.png/.pdf/.svg; needs matplotlib)")
     p.add_argument("--skip-bad", action="store_true",
                    help="log unreadable or inconsistent samples and go on (default: stop at the first)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
+    add_device(p)
+    add_batch_size(p, 1, "images per forward pass")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
     p.add_argument("--flip", action="store_true", help="average with the mirrored image's prediction "
                    "(same as --tta flip)")
     p.add_argument("--tta", default=None, metavar="SPEC",
                    help="test-time augmentation as in `fcnseg predict --tta`, e.g. flip,scales=0.75,1,1.25 "
                         "(probabilities of all views averaged)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="fp32",
-                   help="inference precision (default fp32: exact scores; auto: the fastest accurate path of "
-                        "this machine, as predict uses; int8: CPU, calibrated on the shipped CamVid samples)")
+    add_precision(p, default="fp32",
+                  help="inference precision (default fp32: exact scores; auto: the fastest accurate path of "
+                       "this machine, as predict uses; int8: CPU, calibrated on the shipped CamVid samples)")
     p.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N images")
     p.add_argument("--normalization", choices=["caffe", "imagenet"], default=None,
@@ -89,7 +87,7 @@ def _check_output(path: str | None, what: str, suffixes: tuple[str, ...] | None 
 
 def run(args: argparse.Namespace) -> int:
     from ..data import get_dataset
-    from ..evaluate import evaluate
+    from ..evaluate import evaluate, nan_to_none
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -101,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         from ..imageio import set_max_pixels
 
         set_max_pixels(args.max_pixels)
-    json_path = _check_output(args.json, "--json")
+    json_path = check_json_path(args.json)
     from ..inference.tta import parse_tta
 
     tta = parse_tta(args.tta, flip=args.flip)  # a bad spec fails here, before any data is read
@@ -114,30 +112,28 @@ def run(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     options = _parse_options(args.dataset_option)
 
-    segmenter = _load(args.model, device, precision=args.precision)
-    dataset_name = args.dataset or segmenter.info.meta.get("dataset")
+    model, card = _load(args.model, device, precision=args.precision)
+    dataset_name = args.dataset or card.dataset
     if not dataset_name:
         raise UserError(f"{args.model}: no data set recorded with this model; pass --dataset")
-    options = {**_input_options(segmenter.net, dataset_name), **options}
+    options = {**card.dataset_options(dataset_name), **options}
     dataset = get_dataset(dataset_name, args.root, args.split, **options)
-    if not segmenter.trained and segmenter.num_classes != dataset.num_classes:
-        segmenter = _load(args.model, device, num_classes=dataset.num_classes,  # size the untrained output
-                          precision=args.precision)
-    if not segmenter.trained:
+    if not card.trained and card.num_classes != dataset.num_classes:
+        model, card = _load(args.model, device, num_classes=dataset.num_classes,  # size the untrained output
+                            precision=args.precision)
+    if not card.trained:
         print(f"fcnseg eval: warning: {args.model!r} is an untrained architecture; expect near-chance scores",
               file=sys.stderr)
-    elif segmenter.num_classes != dataset.num_classes:
-        raise UserError(f"{args.model}: the model predicts {segmenter.num_classes} classes but the data set has "
+    elif card.num_classes != dataset.num_classes:
+        raise UserError(f"{args.model}: the model predicts {card.num_classes} classes but the data set has "
                         f"{dataset.num_classes}; evaluate it on the data set it was trained for")
-    # fp32: the plain module (exact scores); another precision: the module that runs it
-    model = segmenter.net if args.precision == "fp32" else segmenter._run.runner
-    norm = args.normalization or segmenter.normalization
+    norm = args.normalization or card.normalization
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # DataLoader chatter; real problems are UserErrors
         result = evaluate(model, dataset, device=device, normalization=norm,
                           progress=not args.quiet and sys.stderr.isatty(),
                           batch_size=args.batch_size, num_workers=args.workers, skip_bad=args.skip_bad,
-                          amp=args.amp, limit=args.limit, tta=tta, per_sequence=args.per_sequence)
+                          amp=args.amp, limit=args.limit, tta=tta, per_sequence=args.per_sequence, card=card)
     total = result.num_images + len(result.skipped)
     if result.num_images == 0:
         raise UserError(f"all {total} images of {dataset_name} {args.split} were bad; nothing to score")
@@ -146,33 +142,26 @@ def run(args: argparse.Namespace) -> int:
              f"{result.seconds:.1f} s ({device}, {norm} normalisation)")
     # files first: a closed stdout (`fcnseg eval ... | head`) must not lose the results; and a file
     # that fails to write (disk full, folder gone) is reported after the scores are printed
+    data = result.to_dict()
+    data.update({"model": args.model, "architecture": card.model, "dataset": dataset_name,
+                 "root": str(args.root), "split": args.split, "normalization": norm, "flip": tta.flip,
+                 "tta": str(tta)})
     failed: list[UserError] = []
-    if json_path is not None:
-        data = result.to_dict()
-        data.update({"model": args.model, "architecture": segmenter.model, "dataset": dataset_name,
-                     "root": str(args.root), "split": args.split, "normalization": norm, "flip": tta.flip,
-                     "tta": str(tta)})
-        try:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(_nan_to_none(data), indent=2) + "\n")
-        except OSError as exc:
-            from ..outpaths import os_error_line
-
-            failed.append(os_error_line(exc, json_path, "--json"))
-            json_path = None
+    try:
+        to_stdout = emit_json(args.json, nan_to_none(data))
+    except UserError as exc:
+        to_stdout, json_path = False, None
+        failed.append(exc)
     if fig_path is not None:
         try:
-            save_confusion_figure(result.confusion.numpy(), result.class_names, fig_path, title=title)
+            result.save_confusion_figure(fig_path, title=title)
         except (UserError, OSError) as exc:
-            failed.append(exc if isinstance(exc, UserError) else UserError(f"{fig_path}: cannot write ({exc})"))
+            from ..outpaths import os_error_line
+
+            failed.append(exc if isinstance(exc, UserError) else os_error_line(exc, fig_path, "--confusion"))
             fig_path = None
-    print(format_table(result.confusion.compute(), result.class_names, title))
-    for head, (cm, names) in result.heads.items():
-        print()
-        print(format_table(cm.compute(), names, f"head {head!r}"))
-    if result.sequences:
-        print()
-        print(result.sequence_table())
+    if not to_stdout:
+        print(result.format(title))
     if result.skipped:
         print(f"fcnseg eval: skipped {len(result.skipped)} of {total} images (bad input)", file=sys.stderr)
 
@@ -185,100 +174,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pct(v: float) -> str:
-    return "    -" if v is None or math.isnan(v) else f"{100 * v:5.1f}"
-
-
-def format_table(scores: dict[str, Any], class_names: list[str], title: str) -> str:
-    """The four metrics and a per-class IoU / accuracy table, in percent ('-': class absent)."""
-    width = max([len(n) for n in class_names] + [5])
-    lines = [title, "",
-             f"{'pixel acc':>10} {'mean acc':>9} {'mean IoU':>9} {'fw IoU':>7}",
-             f"{_pct(scores['pixel_acc']):>10} {_pct(scores['mean_acc']):>9} {_pct(scores['mean_iou']):>9} "
-             f"{_pct(scores['fw_iou']):>7}", "",
-             f"{'class':<{width}}  {'IoU':>5}  {'acc':>5}"]
-    for name, iou, acc in zip(class_names, scores["iou"], scores["acc"]):
-        lines.append(f"{name:<{width}}  {_pct(iou)}  {_pct(acc)}")
-    lines.append("(percent; '-': undefined, the class is absent from the ground truth"
-                 " (IoU: and from the predictions); left out of the means)")
-    return "\n".join(lines)
-
-
-def _nan_to_none(obj: Any) -> Any:
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_to_none(v) for v in obj]
-    return obj
-
-
-def save_confusion_figure(mat: Any, class_names: list[str], path: Path, title: str = "") -> None:
-    """Row-normalised confusion matrix (each ground-truth row sums to 1) as a heatmap."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    m = np.asarray(mat, dtype=np.float64)
-    rows = m.sum(axis=1, keepdims=True)
-    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
-    k = len(class_names)
-    size = max(4.0, 0.45 * k + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), class_names, rotation=90, fontsize=8)
-    ax.set_yticks(range(k), class_names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("ground truth")
-    if k <= 25:
-        for i in range(k):
-            for j in range(k):
-                if norm[i, j] >= 0.01:
-                    ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=6,
-                            color="white" if norm[i, j] > 0.5 else "black")
-    if title:
-        ax.set_title(title, fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the ground-truth row")
-    fig.tight_layout()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot write the figure ({exc})") from None
-    finally:
-        plt.close(fig)
-
-
 # --------------------------------------------------------------------------- model resolution
 def _load(spec: str, device, num_classes: int | None = None, precision: str = "fp32"):
-    """The model through :func:`fcnseg.inference.load_model` (one resolution rule for predict and
-    eval); eval scores the PyTorch net itself, so an ONNX file is refused here."""
-    from ..inference import UntrainedModelWarning, load_model
+    """The PyTorch net and its model card (:func:`fcnseg.inference.load_net`, one resolution rule for
+    every command); eval scores the PyTorch net itself, so an ONNX file is refused there. ``fp32``:
+    the plain module (exact scores); another precision: the module that runs the net in it."""
+    from ..inference import UntrainedModelWarning, load_net
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedModelWarning)  # eval prints its own one-line warning
-        segmenter = load_model(spec, device=device, num_classes=num_classes, precision=precision)
-    if segmenter.net is None:
-        raise UserError(f"{spec}: fcnseg eval runs PyTorch models (a model name, .safetensors or .pt); "
-                        f"an {segmenter.backend} model can be used with fcnseg predict")
-    return segmenter
-
-
-def _input_options(net, dataset_name: str) -> dict[str, Any]:
-    """Data-set options a multi-input net needs: the modalities it reads (NYUD: image, depth, hha)."""
-    from ..data import dataset_class
-
-    modalities = getattr(net, "modalities", None)
-    if not modalities:
-        return {}
-    wanted = tuple("image" if m in ("rgb", "color", "image") else m for m in modalities)
-    if "modalities" not in inspect.signature(dataset_class(dataset_name).__init__).parameters:
-        raise UserError(f"the model reads {' + '.join(modalities)} but the {dataset_name} data set gives RGB "
-                        "images only; evaluate it on a data set with those inputs (nyud)")
-    return {"modalities": wanted}
+        return load_net(spec, device=device, num_classes=num_classes, purpose="evaluation (fcnseg predict runs it)",
+                        precision=precision)
 
 
 def _resolve_device(name: str):

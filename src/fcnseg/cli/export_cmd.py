@@ -33,8 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inference.loader import load_net
     from ..runtime.bench import parse_size
-    from ..runtime.export import DEFAULT_CHECK_SIZES, export_model, resolve_model
+    from ..runtime.export import DEFAULT_CHECK_SIZES, export_model
 
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num-classes must be >= 1, got {args.num_classes}")
@@ -46,13 +47,13 @@ def run(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedModelWarning)  # said below, in one line
-        model, meta = resolve_model(args.model, args.num_classes)
+        model, card = load_net(args.model, num_classes=args.num_classes, purpose="export")
     from ..runtime.memory import check_fits, is_out_of_memory
 
-    check_fits(model, (1, 3, *size), "cpu", "--trace-size")
+    check_fits(model, (1, 3, *size), "cpu", "--trace-size")  # one line instead of an allocation traceback
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        result = export_model(model, out, args.format, meta=meta, opset=args.opset, example_size=size,
+        result = export_model(model, out, args.format, card=card, opset=args.opset, example_size=size,
                               check_sizes=None if args.no_check else DEFAULT_CHECK_SIZES,
                               tolerance=args.tolerance)
     except OSError as exc:
@@ -65,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result.path} ({result.size_bytes / 2 ** 20:.1f} MB, {result.format}) in {result.seconds:.1f} s")
     for note in result.notes:
         print(f"  {note}")
-    trained = meta.get("trained", True)
-    print(f"  model {meta.get('model')}, {meta['num_classes']} classes, normalisation {meta['normalization']}"
+    trained = card.trained
+    print(f"  model {card.model}, {card.num_classes} classes, normalisation {card.normalization}"
           f"{'' if trained else ' (UNTRAINED: no weights loaded, its predictions mean nothing)'}")
     if result.checks:
         checks = ", ".join(f"{n}x{h}x{w}: {err:.1e}" for (n, h, w), err in result.checks.items())

@@ -3,9 +3,10 @@ receptive field, and the trained models shipped in the package."""
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
+
+from .common import add_json, emit_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -14,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "receptive field (built on the meta device: no memory, no weights).")
     p.add_argument("--num-classes", type=int, default=None,
                    help="count parameters for this many classes (default: each model's default)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json(p, "the list")
     return p
 
 
@@ -55,8 +56,7 @@ def describe_shipped() -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     rows = describe_models(args.num_classes)
     shipped = describe_shipped()
-    if args.json:
-        print(json.dumps({"architectures": rows, "shipped": shipped}, indent=2))
+    if emit_json(args.json, {"architectures": rows, "shipped": shipped}):
         return 0
     print(f"{'model':<26} {'trunk':<20} {'classes':>7} {'params':>10} {'stride':>6} {'RF':>5}")
     for r in rows:

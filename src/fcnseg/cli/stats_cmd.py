@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from .common import add_json, check_json_path, emit_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -21,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--ignore-in-median", action="store_true",
                    help="take the median over the ignore label's frequency too (closer to SegNet's "
                         "published CamVid weights)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json(p, "the statistics")
     return p
 
 
@@ -58,15 +59,14 @@ def format_table(summary: dict, title: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import get_dataset
     from ..analysis.stats import compute_stats
+    from ..data import get_dataset
 
     dataset = get_dataset(args.dataset, args.root, args.split)
-    stats = compute_stats(dataset, progress=sys.stderr.isatty() and not args.json)
+    check_json_path(args.json)
+    stats = compute_stats(dataset, progress=sys.stderr.isatty() and args.json != "-")
     summary = stats.to_dict(class_weights=args.class_weights, ignore_in_median=args.ignore_in_median)
-    if args.json:
-        summary.update(dataset=args.dataset, split=args.split)
-        print(json.dumps(summary, indent=2))
-    else:
+    summary.update(dataset=args.dataset, split=args.split)
+    if not emit_json(args.json, summary):
         print(format_table(summary, f"{args.dataset} {args.split}"))
     return 0

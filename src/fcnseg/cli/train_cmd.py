@@ -28,9 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from ..training import load_config, train
     from ..training.config import TrainConfig
-    import dataclasses
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names}

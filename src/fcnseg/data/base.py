@@ -17,8 +17,6 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from ..imageio import read_image as _read_image
-from ..imageio import read_label_png
-from ..viz import voc_palette
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +31,6 @@ def read_image(path: str | Path) -> np.ndarray:
     robust reader: grey, palette, 16-bit, alpha, CMYK; one-line UserError naming the file),
     without EXIF rotation, since label maps are drawn on the stored pixel grid."""
     return _read_image(path, exif=False)
-
-
-#: a label image as its raw indices, ``H x W`` (palette PNGs keep their indices, not colours)
-read_index_png = read_label_png
 
 
 def load_mat(path: str | Path, key: str) -> np.ndarray:
@@ -221,10 +215,6 @@ class SegmentationDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()} root={str(self.root)!r}>"
-
-
-#: the PASCAL VOC colour map for ``n`` classes (one definition: :func:`fcnseg.viz.voc_palette`)
-color_palette = voc_palette
 
 
 def as_palette(colors: Sequence[Sequence[int]]) -> np.ndarray:

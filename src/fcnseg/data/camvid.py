@@ -31,15 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .base import (
-    IGNORE_INDEX,
-    SegmentationDataset,
-    Transform,
-    check_root,
-    read_image,
-    read_index_png,
-    read_list,
-)
+from ..imageio import read_label_png
+from .base import IGNORE_INDEX, SegmentationDataset, Transform, check_root, read_image, read_list
 
 CLASS_NAMES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
                "Pedestrian", "Bicyclist"]
@@ -146,7 +139,7 @@ class CamVid(SegmentationDataset):
     def _read(self, i: int) -> dict:
         f = self.files[i]
         image = read_image(f["image"])
-        label = read_index_png(f["label"])
+        label = read_label_png(f["label"])
         if label.dtype != np.uint8:
             label = np.clip(label, 0, 256).astype(np.int64)
         label = label.copy()

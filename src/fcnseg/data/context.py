@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .base import SegmentationDataset, Transform, check_root, color_palette, load_mat, read_image, read_list
+from ..palettes import voc_palette
+from .base import SegmentationDataset, Transform, check_root, load_mat, read_image, read_list
 
 #: the 59 classes in model output order (1..59), with their raw number in the 459-label list.
 #: Three names differ between the reference 59-class list and the raw list:
@@ -80,7 +81,7 @@ class PascalContext(SegmentationDataset):
         super().__init__(root, split, transform, skip_bad)
         voc = _find_voc2010(root, voc_root)
         self.class_names = list(CLASS_NAMES)
-        self.palette = color_palette(60)
+        self.palette = voc_palette(60)
         own = root / f"{split}.txt"
         list_file = own if own.is_file() else voc / "ImageSets" / "Main" / f"{split}.txt"
         if not list_file.is_file():

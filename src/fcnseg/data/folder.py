@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
-from .base import IGNORE_INDEX, SegmentationDataset, Transform, as_palette, check_root, color_palette, \
-    read_image, read_list
+from ..palettes import voc_palette
+from .base import IGNORE_INDEX, SegmentationDataset, Transform, as_palette, check_root, read_image, read_list
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 CLASS_FILES = ("classes.yaml", "classes.yml", "classes.json")
@@ -191,7 +191,7 @@ class FolderDataset(SegmentationDataset):
             self.table = ClassTable.load(path)
         self.class_names = list(self.table.names)
         self.void_value = self.table.ignore_index
-        self.palette = self.table.colors if self.table.colors is not None else color_palette(self.num_classes)
+        self.palette = self.table.colors if self.table.colors is not None else voc_palette(self.num_classes)
         img_dir, mask_dir = root / images_dir, root / masks_dir
         if not img_dir.is_dir():
             raise UserError(f"{img_dir}: images folder not found")

@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
-from .base import SegmentationDataset, Transform, check_root, color_palette, load_mat, read_image, read_list, \
-    shift_labels
+from ..palettes import voc_palette
+from .base import SegmentationDataset, Transform, check_root, load_mat, read_image, read_list, shift_labels
 
 #: the reference NYUD nets' preprocessing (nyud_layers.py): BGR mean, HHA mean (file order), log-depth mean
 MEAN_BGR = (116.190, 97.203, 92.318)
@@ -69,7 +69,7 @@ class NYUDv2(SegmentationDataset):
         self.hha_from_depth = hha_from_depth
         self.depth_scale = depth_scale
         self.class_names = list(CLASS_NAMES)
-        self.palette = color_palette(40)
+        self.palette = voc_palette(40)
         list_file = root / f"{split}.txt"
         if list_file.is_file():
             ids = read_list(list_file)

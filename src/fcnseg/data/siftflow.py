@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .base import SegmentationDataset, Transform, check_root, color_palette, load_mat, read_image, read_list, \
-    shift_labels
+from ..palettes import voc_palette
+from .base import SegmentationDataset, Transform, check_root, load_mat, read_image, read_list, shift_labels
 
 SUBDIR = "spatial_envelope_256x256_static_8outdoorcategories"
 MEAN_BGR = (114.578, 115.294, 108.353)
@@ -40,8 +40,8 @@ class SIFTFlow(SegmentationDataset):
         super().__init__(root, split, transform, skip_bad)
         self.class_names = list(CLASS_NAMES)
         self.geo_class_names = list(GEO_CLASS_NAMES)
-        self.palette = color_palette(33)
-        self.geo_palette = color_palette(3)
+        self.palette = voc_palette(33)
+        self.geo_palette = voc_palette(3)
         list_file = root / f"{split}.txt"
         if not list_file.is_file():
             raise UserError(f"{list_file}: SIFT Flow split list not found (splits: trainval, test)")

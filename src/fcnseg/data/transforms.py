@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..preprocess import Normalization, get_normalization, normalize
+from ..preprocess import Normalization, get_normalization, normalize, normalize_depth, normalize_hha
 from .base import IGNORE_INDEX
 
 Sample = dict[str, Any]
@@ -342,7 +342,7 @@ class Normalize:
     def __init__(self, preset: str | Normalization = "imagenet", hha_mean: Sequence[float] | None = None,
                  depth_log_mean: float | None = None) -> None:
         self.preset = get_normalization(preset)
-        self.hha_mean = None if hha_mean is None else torch.tensor(hha_mean, dtype=torch.float32).view(3, 1, 1)
+        self.hha_mean = None if hha_mean is None else tuple(float(m) for m in hha_mean)
         self.depth_log_mean = depth_log_mean
 
     def __call__(self, sample: Sample) -> Sample:
@@ -356,25 +356,20 @@ class Normalize:
             elif is_label_key(k):
                 sample[k] = torch.from_numpy(np.ascontiguousarray(v).astype(np.int64))
             elif k == "hha":
-                t = torch.from_numpy(np.ascontiguousarray(v)).permute(2, 0, 1).float()
-                sample[k] = t - self.hha_mean if self.hha_mean is not None else t
+                sample[k] = normalize_hha(v, self.hha_mean)
             elif k == "depth":
-                d = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))[None]
-                if self.depth_log_mean is not None:
-                    valid = d > 0
-                    d = torch.where(valid, torch.log(d.clamp_min(1e-6) * 1000.0) - self.depth_log_mean,
-                                    torch.zeros_like(d))
-                sample[k] = d
+                sample[k] = normalize_depth(v, self.depth_log_mean)
         return sample
 
     def __repr__(self) -> str:
-        return f"Normalize({self.preset.name!r})"
+        return f"Normalize({self.preset.name!r}, hha_mean={self.hha_mean}, depth_log_mean={self.depth_log_mean})"
 
 
 def train_transforms(preset: str | Normalization = "imagenet", crop_size: int | tuple[int, int] | None = None,
                      scale_range: tuple[float, float] | None = (0.5, 2.0), flip: bool = True,
                      jitter: bool = False, seed: int | None = None,
-                     photometric: dict[str, Any] | None = None) -> Compose:
+                     photometric: dict[str, Any] | None = None, *, hha_mean: Sequence[float] | None = None,
+                     depth_log_mean: float | None = None) -> Compose:
     """The usual training pipeline: scale, crop (padded), flip, optional jitter, normalise.
 
     ``photometric``: keyword options of :class:`Photometric` (appearance augmentation;
@@ -382,7 +377,8 @@ def train_transforms(preset: str | Normalization = "imagenet", crop_size: int | 
 
     ``crop_size`` is needed for batches larger than one (equal sizes); ``None`` keeps the
     whole (scaled) image, as the reference recipe did with batch 1. ``seed`` seeds the
-    fallback generator (used only when samples carry no ``rng``).
+    fallback generator (used only when samples carry no ``rng``). ``hha_mean`` and
+    ``depth_log_mean`` go to :class:`Normalize` (a model card's inputs say which).
     """
     rng = np.random.default_rng(seed) if seed is not None else None
     ts: list[Callable[[Sample], Sample]] = []
@@ -396,10 +392,11 @@ def train_transforms(preset: str | Normalization = "imagenet", crop_size: int | 
         ts.append(ColorJitter(generator=rng))
     if photometric:
         ts.append(Photometric(**photometric, generator=rng))
-    ts.append(Normalize(preset))
+    ts.append(Normalize(preset, hha_mean=hha_mean, depth_log_mean=depth_log_mean))
     return Compose(ts)
 
 
-def eval_transforms(preset: str | Normalization = "imagenet") -> Compose:
+def eval_transforms(preset: str | Normalization = "imagenet", *, hha_mean: Sequence[float] | None = None,
+                    depth_log_mean: float | None = None) -> Compose:
     """Evaluation: the whole image, only normalised (FCNs take any size)."""
-    return Compose([Normalize(preset)])
+    return Compose([Normalize(preset, hha_mean=hha_mean, depth_log_mean=depth_log_mean)])

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .base import SegmentationDataset, Transform, check_root, color_palette, load_mat, read_image, \
-    read_index_png, read_list
+from ..imageio import read_label_png
+from ..palettes import voc_palette
+from .base import SegmentationDataset, Transform, check_root, load_mat, read_image, read_list
 from .voc_splits import seg11valid
 
 CLASS_NAMES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -50,7 +51,7 @@ class VOC(SegmentationDataset):
         voc = find_voc_dir(base, year)
         super().__init__(voc, split, transform, skip_bad)
         self.class_names = list(CLASS_NAMES)
-        self.palette = color_palette(21)
+        self.palette = voc_palette(21)
         if split == "seg11valid":
             ids = seg11valid()
         else:
@@ -64,7 +65,7 @@ class VOC(SegmentationDataset):
 
     def _read(self, i: int) -> dict:
         f = self.files[i]
-        return {"image": read_image(f["image"]), "label": read_index_png(f["label"])}
+        return {"image": read_image(f["image"]), "label": read_label_png(f["label"])}
 
 
 def read_sbd_mat(path: Path) -> np.ndarray:
@@ -102,7 +103,7 @@ class SBD(SegmentationDataset):
         sbd = find_sbd_dir(check_root(root, "SBD"))
         super().__init__(sbd, split, transform, skip_bad)
         self.class_names = list(CLASS_NAMES)
-        self.palette = color_palette(21)
+        self.palette = voc_palette(21)
         list_file = sbd / f"{split}.txt"
         if not list_file.is_file():
             raise UserError(f"{list_file}: SBD split list not found (splits: train, val)")

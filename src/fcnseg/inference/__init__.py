@@ -12,9 +12,9 @@ Segmenter), :mod:`.tiling` (bounded-memory inference for huge images, exact),
 """
 from __future__ import annotations
 
-from .loader import ModelInfo, UntrainedModelWarning, list_shipped_models, load_model, shipped_weights_path
+from .loader import ModelInfo, UntrainedModelWarning, list_shipped_models, load_model, load_net, shipped_weights_path
 from .predictor import Segmenter
 from .tta import TTA, parse_tta
 
-__all__ = ["load_model", "Segmenter", "ModelInfo", "UntrainedModelWarning", "TTA", "parse_tta",
+__all__ = ["load_model", "load_net", "Segmenter", "ModelInfo", "UntrainedModelWarning", "TTA", "parse_tta",
            "list_shipped_models", "shipped_weights_path"]

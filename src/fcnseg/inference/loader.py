@@ -19,17 +19,19 @@ class count that differs from the one asked for) is a one-line :class:`UserError
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from ..card import ModelCard
 from ..errors import UserError
+from .info import ModelInfo
+from .predictor import Segmenter
 
-__all__ = ["ModelInfo", "UntrainedModelWarning", "load_model", "list_shipped_models", "shipped_weights_path"]
+__all__ = ["ModelInfo", "UntrainedModelWarning", "load_model", "load_net", "list_shipped_models",
+           "shipped_weights_path"]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -39,22 +41,6 @@ _TRAINING_ONLY_OPTIONS = ("pretrained_backbone",)
 
 class UntrainedModelWarning(UserWarning):
     """A model was built without trained weights."""
-
-
-@dataclass
-class ModelInfo:
-    """What a loaded model is: architecture, classes, colours, preprocessing, origin."""
-
-    name: str
-    model: str | None
-    num_classes: int
-    class_names: list[str]
-    palette: np.ndarray
-    normalization: str
-    options: dict[str, Any] = field(default_factory=dict)
-    trained: bool = True
-    source: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def list_shipped_models() -> list[str]:
@@ -68,55 +54,11 @@ def shipped_weights_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.safetensors"
 
 
-# --------------------------------------------------------------------------- metadata -> info
+# --------------------------------------------------------------------------- metadata -> card
 def _info_from_meta(meta: dict[str, Any], *, name: str, source: str, num_classes: int | None,
-                    default_model: str | None = None, inferred_classes: int | None = None) -> ModelInfo:
-    from ..preprocess import get_normalization
-    from ..viz import default_palette
-
-    model = meta.get("model", default_model)
-    n_meta = meta.get("num_classes")
-    names = meta.get("class_names")
-    for key, kind, what in (("model", str, "a string"), ("class_names", list, "a list"), ("normalization", str,
-                            "a string"), ("options", dict, "a mapping"), ("model_options", dict, "a mapping")):
-        if meta.get(key) is not None and not isinstance(meta[key], kind):  # a crafted or damaged file
-            raise UserError(f"{source}: {key} in its metadata is {type(meta[key]).__name__}; expected {what}")
-    if n_meta is None:
-        n_meta = len(names) if names else inferred_classes
-    if n_meta is None:
-        raise UserError(f"{source}: its metadata does not say how many classes the model has")
-    try:
-        n = int(n_meta)
-    except (TypeError, ValueError):
-        raise UserError(f"{source}: num_classes {n_meta!r} in its metadata is not a number") from None
-    if inferred_classes is not None and inferred_classes != n:
-        raise UserError(f"{source}: metadata says {n} classes but the weights hold {inferred_classes}")
-    if num_classes is not None and int(num_classes) != n:
-        raise UserError(f"{source}: model has {n} classes but num_classes={num_classes} was requested")
-    if names is None:
-        names = [f"class_{i}" for i in range(n)]
-    names = [str(c) for c in names]
-    if len(names) != n:
-        raise UserError(f"{source}: {len(names)} class names for {n} classes in its metadata")
-    palette = meta.get("palette")
-    default = default_palette(n, names)
-    if palette is None:
-        pal = default
-    else:
-        try:
-            pal = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
-        except (TypeError, ValueError):
-            raise UserError(f"{source}: palette in its metadata is not a list of [r, g, b]") from None
-        if pal.size and (pal.min() < 0 or pal.max() > 255):
-            raise UserError(f"{source}: palette colours must be 0..255")
-        pal = pal.astype(np.uint8)
-        if len(pal) < n:
-            pal = np.concatenate([pal, default[len(pal):n]])
-    norm = meta.get("normalization") or "imagenet"
-    get_normalization(norm)  # validates
-    options = dict(meta.get("options") or meta.get("model_options") or {})
-    return ModelInfo(name=name, model=model, num_classes=n, class_names=names, palette=pal,
-                     normalization=norm, options=options, source=source, meta=dict(meta))
+                    inferred_classes: int | None = None) -> ModelInfo:
+    card = ModelCard.from_meta(meta, source=source, num_classes=num_classes, inferred_classes=inferred_classes)
+    return ModelInfo(name=name, card=card, source=source)
 
 
 def _build(info: ModelInfo) -> nn.Module:
@@ -193,10 +135,13 @@ def _from_state(state: dict[str, torch.Tensor], meta: dict[str, Any], path: Path
 
 
 def _checkpoint_meta(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The model's metadata: the checkpoint's ``meta`` (written by ``fcnseg train``), completed
-    from its ``config`` (older checkpoints, or hand-made ones, have only the config)."""
+    """The model's metadata: the checkpoint's ``meta`` (a model card, written by ``fcnseg train``),
+    or, in older checkpoints, a flat dict completed from its ``config`` (hand-made ones have
+    only the config)."""
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     meta = dict(ckpt["meta"]) if isinstance(ckpt.get("meta"), dict) else {}
+    if meta.get("card_version") is not None:
+        return meta
     fallback = {
         "model": config.get("model"),
         "num_classes": config.get("num_classes"),
@@ -205,6 +150,7 @@ def _checkpoint_meta(ckpt: dict[str, Any]) -> dict[str, Any]:
         "normalization": config.get("normalization"),
         "options": config.get("model_options") or config.get("options"),
         "dataset": config.get("dataset"),
+        "input_key": config.get("input_key"),
     }
     for k, v in fallback.items():
         if meta.get(k) is None and v is not None:
@@ -237,16 +183,13 @@ def _from_registry(model: str, num_classes: int | None) -> tuple[nn.Module, Mode
 
     n = model_spec(model).default_num_classes if num_classes is None else int(num_classes)
     net = get_model(model, n)
-    info = _info_from_meta({"model": model, "num_classes": n}, name=model, source=f"registered model {model}",
-                           num_classes=None)
-    info.normalization = getattr(net, "normalization", info.normalization)
-    info.trained = False
-    return net, info
+    return net, ModelInfo(name=model, card=ModelCard.for_net(net, model=model, trained=False),
+                          source=f"registered model {model}")
 
 
 def _onnx_info(backend, path: Path, name: str, num_classes: int | None) -> ModelInfo:
     meta: dict[str, Any] = backend.meta
-    if not meta.get("normalization"):
+    if not meta.get("normalization") and not meta.get("card_version"):
         warnings.warn(f"{path}: ONNX file carries no fcnseg metadata; assuming 'imagenet' normalisation "
                       "and generic class names", UserWarning, stacklevel=3)
     return _info_from_meta(meta, name=name, source=str(path), num_classes=num_classes,
@@ -277,7 +220,6 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
     """
     from ..models import list_models
     from ..runtime.backends import OnnxBackend, TorchBackend, resolve_device
-    from .predictor import Segmenter
 
     if backend not in (None, "torch", "onnxruntime"):
         raise UserError(f"unknown backend {backend!r}; expected torch or onnxruntime")
@@ -296,11 +238,11 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
 
     if suffix == ".onnx" or (backend == "onnxruntime" and path.is_file()):
         if backend == "torch":
-            raise UserError(f"{path}: an ONNX file runs with --backend onnxruntime, not torch")
+            raise UserError(f"{path}: an ONNX file runs with backend onnxruntime, not torch")
         if not path.is_file():
             raise UserError(f"{path}: no such ONNX file")
         if suffix != ".onnx":
-            raise UserError(f"{path}: --backend onnxruntime needs an .onnx file (make one with fcnseg export)")
+            raise UserError(f"{path}: backend onnxruntime needs an .onnx file (make one with fcnseg export)")
         if precision not in ("auto", "fp32"):
             raise UserError(f"{path}: an ONNX file runs in the precision it was exported in; "
                             f"precision {precision!r} applies to PyTorch models")
@@ -308,7 +250,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
         info = _onnx_info(be, path, path.stem, num_classes)
         return Segmenter(be, info, geometry_net=_geometry_net(info), tile=tile, overlap=overlap, tta=tta)
     if backend == "onnxruntime":
-        raise UserError(f"{text}: --backend onnxruntime needs an .onnx file (make one with fcnseg export)")
+        raise UserError(f"{text}: backend onnxruntime needs an .onnx file (make one with fcnseg export)")
 
     if path.is_file() or looks_like_path:
         if not path.exists():
@@ -318,10 +260,15 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
         if suffix == ".safetensors":
             net, info = _from_safetensors(path, path.stem, num_classes)
         elif suffix in CHECKPOINT_SUFFIXES:
-            from .torchscript import is_torchscript_archive, load_torchscript
+            from .torchscript import TorchScriptBackend, is_torchscript_archive
 
             if is_torchscript_archive(path):  # `fcnseg export --format torchscript` also writes .pt
-                return load_torchscript(path, dev, num_classes, tile=tile, overlap=overlap, tta=tta)
+                if precision not in ("auto", "fp32"):
+                    raise UserError(f"{path}: a TorchScript archive runs in the precision it was exported in; "
+                                    f"precision {precision!r} applies to PyTorch models")
+                ts = TorchScriptBackend(path, dev)
+                info = _info_from_meta(ts.meta, name=path.stem, source=str(path), num_classes=num_classes)
+                return Segmenter(ts, info, geometry_net=_geometry_net(info), tile=tile, overlap=overlap, tta=tta)
             net, info = _from_checkpoint(path, path.stem, num_classes)
         else:
             raise UserError(f"{path}: unknown model file type {suffix or '(none)'}; expected .safetensors, "
@@ -357,3 +304,27 @@ def _geometry_net(info: ModelInfo) -> nn.Module | None:
             return _build(info)
     except Exception:  # geometry is an optimisation for tiling; never fail loading over it
         return None
+
+
+def load_net(name_or_path: str | Path, *, num_classes: int | None = None, device: str | torch.device = "cpu",
+             purpose: str = "this", precision: str = "fp32") -> tuple[nn.Module, ModelCard]:
+    """A name or weights file -> ``(eval-mode nn.Module, its ModelCard)``: the one way export,
+    bench and eval turn what the user typed into a PyTorch network and its description.
+
+    It defers to :func:`load_model` (shipped names, registered architectures, ``.safetensors``
+    and training checkpoints), so every source ``predict`` accepts works here too. ONNX files
+    hold no PyTorch module and are refused (``purpose`` names the job in that message).
+    ``precision`` ``fp32`` (the default) gives the plain module as built; another precision
+    (``auto``, ``bf16``, ``fp16``, ``int8``; see :func:`load_model`) gives the module that runs
+    the net in it (fp32 inputs and outputs), e.g. for ``fcnseg eval --precision``.
+    """
+    text = str(name_or_path)
+    if text.lower().endswith(".onnx"):
+        raise UserError(f"{text}: an ONNX file holds no PyTorch network for {purpose}; give a model name or a "
+                        ".safetensors / .pt weights file")
+    exact = precision == "fp32"
+    segmenter = load_model(text, device=device, num_classes=num_classes, optimize=not exact, precision=precision)
+    if segmenter.net is None:  # pragma: no cover - load_model returns a torch net for every non-ONNX source
+        raise UserError(f"{text}: no PyTorch network behind this model")
+    net = segmenter.net if exact else segmenter._run.runner  # another precision: the module that runs it
+    return net.eval(), segmenter.info.card

@@ -8,6 +8,7 @@ on huge images without changing the result.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -17,9 +18,17 @@ from torch import Tensor, nn
 from ..errors import UserError
 from ..imageio import as_rgb_array
 from ..preprocess import get_normalization, normalize
-from .loader import ModelInfo
-from .tiling import (TileGrid, auto_tile_size, bytes_per_pixel, dependency_radius, memory_budget, model_stride,
-                     plan_tiles, predict_tiled)
+from .info import ModelInfo
+from .tiling import (
+    TileGrid,
+    auto_tile_size,
+    bytes_per_pixel,
+    dependency_radius,
+    memory_budget,
+    model_stride,
+    plan_tiles,
+    predict_tiled,
+)
 from .tta import TTA, parse_tta, tta_probs
 
 __all__ = ["Segmenter", "AUTO_TILE", "AUTO_TILE_PIXELS"]
@@ -38,7 +47,8 @@ Image = Any  # a path, a PIL image or an H x W x 3 uint8 array
 class Segmenter:
     """A loaded model that segments images. Make one with :func:`fcnseg.load_model`.
 
-    Attributes: ``name``, ``model`` (architecture), ``num_classes``, ``class_names``,
+    Attributes: ``card`` (the :class:`~fcnseg.card.ModelCard`), ``name``, ``model`` (architecture),
+    ``num_classes``, ``class_names``,
     ``palette`` (``K x 3`` uint8), ``normalization``, ``device``, ``backend``
     (``"torch"`` / ``"onnxruntime"``), ``trained``, ``net`` (the ``nn.Module``, torch
     backend only), ``receptive_field`` and ``tile_margin`` (pixels of context each
@@ -59,6 +69,7 @@ class Segmenter:
                  tile: int | str | None = "auto", overlap: int | None = None, tta: Any = None) -> None:
         self._run = runner
         self.info = info
+        self.card = info.card
         self.name = info.name
         self.model = info.model
         self.num_classes = info.num_classes
@@ -70,7 +81,8 @@ class Segmenter:
         self.backend = getattr(runner, "name", "torch")
         self.device = getattr(runner, "device", torch.device("cpu"))
         self.net: nn.Module | None = getattr(runner, "net", None)
-        self.receptive_field: int | None = getattr(geometry_net, "receptive_field", None) if geometry_net is not None else None
+        self.receptive_field: int | None = (getattr(geometry_net, "receptive_field", None)
+                                            if geometry_net is not None else None)
         self._radius = dependency_radius(geometry_net) if geometry_net is not None else None
         self._stride = model_stride(geometry_net) if geometry_net is not None else 32
         self.tile = self._check_tile(tile)
@@ -164,7 +176,8 @@ class Segmenter:
         from ..viz import default_palette
 
         if name not in self.heads:
-            raise UserError(f"model {self.name} has no head {name!r} (heads: {', '.join(self.heads) or 'one, unnamed'})")
+            raise UserError(f"model {self.name} has no head {name!r} "
+                            f"(heads: {', '.join(self.heads) or 'one, unnamed'})")
         if name == self._head:
             return self
         view = copy.copy(self)
@@ -173,7 +186,8 @@ class Segmenter:
         if name == self.main_head:
             view.class_names, view.palette = list(self.info.class_names), np.asarray(self.info.palette, np.uint8)
         else:
-            names = (self.info.meta.get("head_class_names") or {}).get(name)
+            spec = self.info.card.heads.get(name)
+            names = spec.class_names if spec is not None else None
             if not names or len(names) != view.num_classes:
                 names = [f"{name}_{i}" for i in range(view.num_classes)]
             view.class_names = [str(c) for c in names]
@@ -217,13 +231,20 @@ class Segmenter:
         return result
 
     # ------------------------------------------------------------------ core
+    def _prepare(self, image: np.ndarray) -> Tensor:
+        """One picture -> the net's ``C x H x W`` input, as the model card's input spec says (the
+        HHA net takes an HHA picture minus the HHA mean; other nets an RGB image by their preset)."""
+        spec = self.info.card.inputs[0]
+        return normalize(image, self._norm) if spec.key == "image" else spec.prepare(image)
+
     def _batch_tensor(self, images: Sequence[np.ndarray]) -> Tensor:
         if len(images) == 1:
-            return normalize(images[0], self._norm).unsqueeze(0)
-        h, w = images[0].shape[:2]
-        out = torch.empty((len(images), 3, h, w), dtype=torch.float32)
-        for i, im in enumerate(images):
-            out[i] = normalize(im, self._norm)
+            return self._prepare(images[0]).unsqueeze(0)
+        first = self._prepare(images[0])
+        out = torch.empty((len(images), *first.shape), dtype=torch.float32)
+        out[0] = first
+        for i, im in enumerate(images[1:], 1):
+            out[i] = self._prepare(im)
         return out
 
     def _logits(self, x: Tensor) -> Tensor:
@@ -348,3 +369,45 @@ class Segmenter:
                     results[i] = (labels[k], probs[k]) if return_probs else labels[k]
                 del s
         return results
+
+    def predict_files(self, inputs: Sequence[str | Path] | str | Path, out: str | Path, *, overlay: bool = False,
+                      alpha: float = 0.5, probs: bool = False, batch_size: int = 4, progress: bool = False,
+                      on_error: Callable[[Path, str], None] | None = None, shard: Any = "env",
+                      max_pixels: int | None = None):
+        """Segment image files, folders (recursively) or globs into label PNGs under ``out``.
+
+        What ``fcnseg predict`` does, from Python: ``out/<name>.png`` per image (folder inputs
+        keep their sub-folders), optionally ``<name>_overlay.png`` and ``<name>_probs.npy``,
+        and ``<name>_<head>.png`` for a two-head net's other heads. An image that fails is
+        reported to ``on_error(path, message)`` (default: a logged warning) and skipped.
+        Returns a :class:`~fcnseg.inference.files.FilesResult` (written files, failures).
+
+        ``shard``: under ``torchrun`` (the default ``"env"`` reads ``RANK`` / ``WORLD_SIZE`` /
+        ``LOCAL_RANK``; or a :class:`~fcnseg.inference.shard.Shard`; ``None``: all inputs here)
+        this process segments every N-th sorted file into the shared output tree and the
+        result's ``total_*`` counts add up all processes (every process must call this). Load
+        each process's model on ``shard_from_env().device(device)`` (``cuda:LOCAL_RANK``).
+
+        ``max_pixels``: the pixel limit of the images read (default Pillow's 89,478,485; above
+        twice it an image fails as a possible decompression bomb), for this call only. With
+        ``progress``, a tiled image also shows a bar of its tiles.
+        """
+        from .files import plan_jobs, run_jobs
+        from .shard import shard_from_env
+
+        if isinstance(inputs, (str, Path)):
+            inputs = [inputs]
+        if batch_size < 1:  # checked before the output folder is made
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= alpha <= 1.0:
+            raise UserError(f"alpha must be in 0..1, got {alpha}")
+        if max_pixels is not None and max_pixels < 1:
+            raise UserError(f"max_pixels must be >= 1, got {max_pixels}")
+        self.check_rgb_input()
+        if isinstance(shard, str):
+            if shard != "env":
+                raise UserError(f"shard must be 'env', a Shard or None, got {shard!r}")
+            shard = shard_from_env()
+        jobs, folder = plan_jobs(inputs, out, shard=shard)
+        return run_jobs(self, jobs, folder, overlay=overlay, alpha=alpha, probs=probs, batch_size=batch_size,
+                        progress=progress, on_error=on_error, shard=shard, max_pixels=max_pixels)

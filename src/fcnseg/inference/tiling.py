@@ -133,8 +133,10 @@ class TileGrid:
     @property
     def trivial(self) -> bool:
         """True when every window is the whole image (tiling would only repeat the same pass)."""
-        return all(w0 == 0 and w1 == self.height for w0, w1, _, _ in self.spans(self.height, self.tile, self.margin, self.stride)) \
-            and all(w0 == 0 and w1 == self.width for w0, w1, _, _ in self.spans(self.width, self.tile, self.margin, self.stride))
+        rows = self.spans(self.height, self.tile, self.margin, self.stride)
+        cols = self.spans(self.width, self.tile, self.margin, self.stride)
+        return all(w0 == 0 and w1 == self.height for w0, w1, _, _ in rows) \
+            and all(w0 == 0 and w1 == self.width for w0, w1, _, _ in cols)
 
     def __len__(self) -> int:
         return len(self.spans(self.height, self.tile, self.margin, self.stride)) * len(

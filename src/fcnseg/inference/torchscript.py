@@ -2,7 +2,8 @@
 
 Such a file shares the ``.pt`` suffix with training checkpoints but is a different thing:
 a traced program plus the model's metadata (``extra/fcnseg.json``). ``load_model`` sends it
-here instead of calling it a damaged checkpoint. A traced archive runs TorchScript ops only
+here instead of calling it a damaged checkpoint (and builds the Segmenter from
+:class:`TorchScriptBackend` and its metadata). A traced archive runs TorchScript ops only
 (no Python code), as ``torch.jit.load`` reads it.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor
 from ..errors import UserError
 from ..training.checkpoint import is_torchscript_archive
 
-__all__ = ["is_torchscript_archive", "TorchScriptBackend", "load_torchscript"]
+__all__ = ["TorchScriptBackend", "is_torchscript_archive"]
 
 
 class TorchScriptBackend:
@@ -46,24 +47,15 @@ class TorchScriptBackend:
             meta = None
         if not isinstance(meta, dict):
             raise UserError(f"{path}: its {META_FILE} metadata is not a JSON object")
+        if not meta:
+            raise UserError(f"{path}: a TorchScript archive without fcnseg metadata; cannot tell its classes and "
+                            "normalisation (write it with `fcnseg export --format torchscript`)")
+        from ..weights import check_finite
+
+        check_finite(dict(module.state_dict()), str(path))
+        #: the model's metadata as export wrote it (a model card, or the older flat dict)
         self.meta: dict[str, Any] = meta
 
     def __call__(self, x: Tensor) -> Tensor:
         with torch.inference_mode():
             return self.module(x.to(self.device))
-
-
-def load_torchscript(path: Path, device: torch.device, num_classes: int | None, **segmenter_options: Any):
-    """A :class:`~fcnseg.inference.Segmenter` running the TorchScript archive at ``path``."""
-    from ..weights import check_finite
-    from .loader import _geometry_net, _info_from_meta
-    from .predictor import Segmenter
-
-    backend = TorchScriptBackend(path, device)
-    if not backend.meta:
-        raise UserError(f"{path}: a TorchScript archive without fcnseg metadata; cannot tell its classes and "
-                        "normalisation (write it with `fcnseg export --format torchscript`)")
-    check_finite(dict(backend.module.state_dict()), str(path))
-    info = _info_from_meta(backend.meta, name=path.stem, source=str(path), num_classes=num_classes)
-    info.trained = bool(backend.meta.get("trained", True))
-    return Segmenter(backend, info, geometry_net=_geometry_net(info), **segmenter_options)

@@ -80,22 +80,22 @@ def parse_tta(spec: str | TTA | None, *, flip: bool = False) -> TTA:
             flip, in_scales = True, False
         elif low.startswith("scales=") or low.startswith("scale="):
             if scales:
-                raise UserError(f"--tta {text!r}: 'scales=' given twice")
+                raise UserError(f"tta {text!r}: 'scales=' given twice")
             in_scales = True
             scales.append(_scale(tok.split("=", 1)[1], text))
         elif in_scales and _NUM.match(tok):
             scales.append(_scale(tok, text))
         elif not tok:
-            raise UserError(f"--tta {text!r}: empty item (two commas in a row?)")
+            raise UserError(f"tta {text!r}: empty item (two commas in a row?)")
         else:
-            raise UserError(f"--tta {text!r}: unknown item {tok!r}; expected 'flip' and/or "
+            raise UserError(f"tta {text!r}: unknown item {tok!r}; expected 'flip' and/or "
                             "'scales=S1,S2,...' (e.g. flip,scales=0.75,1,1.25)")
     return TTA(flip=flip, scales=tuple(scales) if scales else (1.0,))
 
 
 def _scale(tok: str, text: str) -> float:
     if not _NUM.match(tok):
-        raise UserError(f"--tta {text!r}: scale {tok!r} is not a number")
+        raise UserError(f"tta {text!r}: scale {tok!r} is not a number")
     return float(tok)
 
 

@@ -5,8 +5,12 @@ for every ``H, W >= 1``.
 """
 from __future__ import annotations
 
-from . import zoo  # noqa: F401  (registers the models)
-from . import context, multimodal, multitask  # noqa: F401,E402  (the paper's other data sets and tasks)
+from . import (  # noqa: F401,E402  (the paper's other data sets and tasks)
+    context,
+    multimodal,
+    multitask,
+    zoo,  # noqa: F401  (registers the models)
+)
 from .fcn import FCN
 from .registry import ModelSpec, get_model, list_models, model_spec, register_model
 

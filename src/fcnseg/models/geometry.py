@@ -105,10 +105,6 @@ def layer_specs(module: nn.Module) -> Iterator[LayerSpec]:
         yield from layer_specs(child)
 
 
-def coord_map(module: nn.Module) -> CoordMap:
-    return CoordMap.compose(layer_specs(module))
-
-
 def receptive_field(specs: Iterable[LayerSpec]) -> int:
     """Receptive field (in input pixels) of one output sample of the stacked layers."""
     rf, jump = 1, 1

@@ -163,31 +163,36 @@ def _lite0_trunk(pretrained_backbone: bool) -> Lite0Trunk:
     return trunk
 
 
-@register_model("fcn32s_vgg16_rgbd", output_stride=32, trunk="vgg16", default_num_classes=NYUD_CLASSES)
+@register_model("fcn32s_vgg16_rgbd", output_stride=32, trunk="vgg16",
+                default_num_classes=NYUD_CLASSES, multi_input=True)
 def fcn32s_vgg16_rgbd(num_classes: int = NYUD_CLASSES, learnable_upsampling: bool = False) -> nn.Module:
     """FCN-32s, VGG16, early fusion RGB-D (4 channels), as nyud-fcn32s-color-d."""
     return _rgbd_vgg(num_classes, "32s", learnable_upsampling)
 
 
-@register_model("fcn16s_vgg16_rgbd", output_stride=16, trunk="vgg16", default_num_classes=NYUD_CLASSES)
+@register_model("fcn16s_vgg16_rgbd", output_stride=16, trunk="vgg16",
+                default_num_classes=NYUD_CLASSES, multi_input=True)
 def fcn16s_vgg16_rgbd(num_classes: int = NYUD_CLASSES, learnable_upsampling: bool = False) -> nn.Module:
     """FCN-16s, VGG16, early fusion RGB-D (4 channels); the 16s form of nyud-fcn32s-color-d."""
     return _rgbd_vgg(num_classes, "16s", learnable_upsampling)
 
 
-@register_model("fcn32s_vgg16_rgb_hha", output_stride=32, trunk="vgg16 x2", default_num_classes=NYUD_CLASSES)
+@register_model("fcn32s_vgg16_rgb_hha", output_stride=32, trunk="vgg16 x2",
+                default_num_classes=NYUD_CLASSES, multi_input=True)
 def fcn32s_vgg16_rgb_hha(num_classes: int = NYUD_CLASSES, learnable_upsampling: bool = False) -> nn.Module:
     """FCN-32s, two VGG16 streams (RGB, HHA), scores summed 0.5/0.5, as nyud-fcn32s-color-hha."""
     return _rgb_hha_vgg(num_classes, "32s", learnable_upsampling)
 
 
-@register_model("fcn16s_vgg16_rgb_hha", output_stride=16, trunk="vgg16 x2", default_num_classes=NYUD_CLASSES)
+@register_model("fcn16s_vgg16_rgb_hha", output_stride=16, trunk="vgg16 x2",
+                default_num_classes=NYUD_CLASSES, multi_input=True)
 def fcn16s_vgg16_rgb_hha(num_classes: int = NYUD_CLASSES, learnable_upsampling: bool = False) -> nn.Module:
     """FCN-16s, two VGG16 streams (RGB, HHA), fr and pool4 scores summed 0.5/0.5 (paper's best NYUD net)."""
     return _rgb_hha_vgg(num_classes, "16s", learnable_upsampling)
 
 
-@register_model("fcn8s_lite0_rgbd", output_stride=8, trunk="efficientnet-lite0", default_num_classes=NYUD_CLASSES)
+@register_model("fcn8s_lite0_rgbd", output_stride=8, trunk="efficientnet-lite0",
+                default_num_classes=NYUD_CLASSES, multi_input=True)
 def fcn8s_lite0_rgbd(num_classes: int = NYUD_CLASSES, pretrained_backbone: bool = False,
                      learnable_upsampling: bool = False) -> nn.Module:
     """FCN-8s, EfficientNet-Lite0, early fusion RGB-D (depth stem filters = mean of RGB ones)."""
@@ -196,7 +201,7 @@ def fcn8s_lite0_rgbd(num_classes: int = NYUD_CLASSES, pretrained_backbone: bool 
 
 
 @register_model("fcn8s_lite0_rgb_hha", output_stride=8, trunk="efficientnet-lite0 x2",
-                default_num_classes=NYUD_CLASSES)
+                default_num_classes=NYUD_CLASSES, multi_input=True)
 def fcn8s_lite0_rgb_hha(num_classes: int = NYUD_CLASSES, pretrained_backbone: bool = False,
                         learnable_upsampling: bool = False) -> nn.Module:
     """FCN-8s, two EfficientNet-Lite0 streams (RGB, HHA), scores summed 0.5/0.5."""

@@ -144,21 +144,24 @@ def _siftflow(num_classes: int, geo_classes: int, variant: Variant, learnable_up
                         learnable_upsampling=learnable_upsampling)
 
 
-@register_model("fcn32s_vgg16_siftflow", output_stride=32, trunk="vgg16", default_num_classes=SIFTFLOW_SEM_CLASSES)
+@register_model("fcn32s_vgg16_siftflow", output_stride=32, trunk="vgg16",
+                default_num_classes=SIFTFLOW_SEM_CLASSES, two_heads=True)
 def fcn32s_vgg16_siftflow(num_classes: int = SIFTFLOW_SEM_CLASSES, geo_classes: int = SIFTFLOW_GEO_CLASSES,
                           learnable_upsampling: bool = False) -> nn.Module:
     """FCN-32s, VGG16, two heads (sem 33, geo 3) on one trunk, as siftflow-fcn32s."""
     return _siftflow(num_classes, geo_classes, "32s", learnable_upsampling)
 
 
-@register_model("fcn16s_vgg16_siftflow", output_stride=16, trunk="vgg16", default_num_classes=SIFTFLOW_SEM_CLASSES)
+@register_model("fcn16s_vgg16_siftflow", output_stride=16, trunk="vgg16",
+                default_num_classes=SIFTFLOW_SEM_CLASSES, two_heads=True)
 def fcn16s_vgg16_siftflow(num_classes: int = SIFTFLOW_SEM_CLASSES, geo_classes: int = SIFTFLOW_GEO_CLASSES,
                           learnable_upsampling: bool = False) -> nn.Module:
     """FCN-16s, VGG16, two heads (sem 33, geo 3) on one trunk, as siftflow-fcn16s."""
     return _siftflow(num_classes, geo_classes, "16s", learnable_upsampling)
 
 
-@register_model("fcn8s_vgg16_siftflow", output_stride=8, trunk="vgg16", default_num_classes=SIFTFLOW_SEM_CLASSES)
+@register_model("fcn8s_vgg16_siftflow", output_stride=8, trunk="vgg16",
+                default_num_classes=SIFTFLOW_SEM_CLASSES, two_heads=True)
 def fcn8s_vgg16_siftflow(num_classes: int = SIFTFLOW_SEM_CLASSES, geo_classes: int = SIFTFLOW_GEO_CLASSES,
                          learnable_upsampling: bool = False) -> nn.Module:
     """FCN-8s, VGG16, two heads (sem 33, geo 3) on one trunk, as siftflow-fcn8s."""
@@ -166,7 +169,7 @@ def fcn8s_vgg16_siftflow(num_classes: int = SIFTFLOW_SEM_CLASSES, geo_classes: i
 
 
 @register_model("fcn8s_lite0_multitask", output_stride=8, trunk="efficientnet-lite0",
-                default_num_classes=SIFTFLOW_SEM_CLASSES)
+                default_num_classes=SIFTFLOW_SEM_CLASSES, two_heads=True)
 def fcn8s_lite0_multitask(num_classes: int = SIFTFLOW_SEM_CLASSES, aux_classes: Mapping[str, int] | str = "geo:3",
                           main_head: str = "sem", pretrained_backbone: bool = False, in_channels: int = 3,
                           learnable_upsampling: bool = False) -> nn.Module:

@@ -18,18 +18,26 @@ class ModelSpec:
     default_num_classes: int
     trunk: str
     description: str
+    #: capabilities, checked against the built net by the registry test suite (tests/test_registry.py)
+    trains: bool = True  # its parameters get gradients from a segmentation loss
+    exports_onnx: bool = True  # fcnseg export --format onnx works
+    two_heads: bool = False  # returns a dict of heads (SIFT Flow sem + geo)
+    multi_input: bool = False  # takes a dict of modalities (RGB-D, RGB + HHA)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(name: str, *, output_stride: int, trunk: str, default_num_classes: int = 21,
-                   description: str = "") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+                   description: str = "", trains: bool = True, exports_onnx: bool = True, two_heads: bool = False,
+                   multi_input: bool = False) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
         _REGISTRY[name] = ModelSpec(name, fn, output_stride, default_num_classes, trunk,
-                                    description or (fn.__doc__ or "").strip().splitlines()[0])
+                                    description or (fn.__doc__ or "").strip().splitlines()[0],
+                                    trains=trains, exports_onnx=exports_onnx, two_heads=two_heads,
+                                    multi_input=multi_input)
         return fn
 
     return decorator

@@ -24,9 +24,12 @@ __all__ = ["TorchBackend", "OnnxBackend", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... checked against what this machine has."""
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` (CUDA when available, else the CPU), ...
+    checked against what this machine has."""
     if device is None:
         return torch.device("cpu")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -34,7 +37,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"device {device!r} requested but CUDA is not available on this machine "
-                            "(use --device cpu)")
+                            "(use device cpu)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise UserError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif dev.type == "mps":
@@ -124,7 +127,7 @@ class OnnxBackend:
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise UserError("--device cuda with the onnxruntime backend needs onnxruntime-gpu "
+                raise UserError("device cuda with the onnxruntime backend needs onnxruntime-gpu "
                                 "(CUDAExecutionProvider is not available)")
             providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
         opts = ort.SessionOptions()

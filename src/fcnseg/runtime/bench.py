@@ -22,7 +22,6 @@ One run of :func:`run_bench` reports, for a model at one input size:
 from __future__ import annotations
 
 import os
-import platform
 import resource
 import statistics
 import tempfile
@@ -37,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from .choice import cpu_model_name  # re-exported: fcnseg.runtime.bench.cpu_model_name
 
 __all__ = ["BenchConfig", "run_bench", "format_report", "measure_gemm_rate", "parse_size", "cpu_model_name"]
 
@@ -81,7 +81,7 @@ class Timing:
 
 
 # --------------------------------------------------------------------------- small helpers
-def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
+def parse_size(text: str, option: str = "size") -> tuple[int, int]:
     """``"500x500"`` / ``"360x480"`` (height x width) or ``"64"`` -> ``(H, W)``; errors name ``option``."""
     parts = str(text).lower().replace("*", "x").split("x")
     try:
@@ -93,18 +93,6 @@ def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
     if len(nums) != 2 or min(nums) < 1:
         raise UserError(f"{option} {text!r}: expected HxW with positive integers, e.g. 360x480")
     return nums[0], nums[1]
-
-
-def cpu_model_name() -> str:
-    """The CPU model as ``lscpu`` prints it ("Model name"), from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _sync(device: torch.device) -> Callable[[], None]:
@@ -125,7 +113,7 @@ def measure_gemm_rate(device: torch.device, size: int | None = None, repeats: in
     """
     n = size if size is not None else (8192 if device.type == "cuda" else 2048)
     if n < 1:
-        raise UserError(f"--gemm-size must be >= 1, got {n}")
+        raise UserError(f"size must be >= 1, got {n}")
     sync = _sync(device)
     if dtype == "int8" and engine == "onnxruntime":
         run, what = _ort_int8_gemm(n)
@@ -249,7 +237,7 @@ def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, th
 
     if cfg.dtype == "int8":
         if device.type != "cpu":
-            raise UserError("--dtype int8 is a CPU path; use --device cpu")
+            raise UserError("dtype int8 is a CPU path; use device cpu")
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         calib = [torch.randn(example.shape, generator=gen) for _ in range(cfg.calibration_batches)]
         q = quantize_int8(model, calib, backend=cfg.backend, threads=threads,
@@ -257,16 +245,16 @@ def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, th
         return q, f"int8 static quantisation: {q.method}; calibration on random inputs (speed only)", False
     if cfg.backend == "onnxruntime":
         if device.type != "cpu":
-            raise UserError("--backend onnxruntime is benchmarked on the CPU here; use --device cpu")
+            raise UserError("backend onnxruntime is benchmarked on the CPU here; use device cpu")
         if cfg.dtype != "fp32":
-            raise UserError(f"--backend onnxruntime supports --dtype fp32 or int8, not {cfg.dtype}")
+            raise UserError(f"backend onnxruntime supports dtype fp32 or int8, not {cfg.dtype}")
         if cfg.compile or cfg.freeze:
-            raise UserError("--compile and --freeze are torch options; drop them with --backend onnxruntime")
+            raise UserError("compile and freeze are torch options; drop them with backend onnxruntime")
         fast = optimize_for_inference(model, channels_last=False, fold_bn=cfg.optimize, depthwise=cfg.optimize,
                                       mode="onnxruntime", threads=threads)
         return fast, fast.method + ", fp32", False
     if cfg.dtype == "fp16" and device.type == "cpu":
-        raise UserError("--dtype fp16 is for --device cuda; on the CPU use bf16 or int8")
+        raise UserError("dtype fp16 is for device cuda; on the CPU use bf16 or int8")
     mode = "compile" if cfg.compile else ("jit" if cfg.freeze else "eager")
     fast = optimize_for_inference(model.to(device), channels_last=cfg.channels_last, fold_bn=cfg.optimize,
                                   depthwise=None if cfg.optimize else False, fixed_size=True, mode=mode,
@@ -313,27 +301,26 @@ def _pick_fastest(cfg: BenchConfig, candidates: list[str], model: nn.Module, dev
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Benchmark ``cfg.model`` as configured; returns every figure as a JSON-ready dict."""
     from ..complexity import count_flops, count_params, input_channels
-    from .export import resolve_model
-    from .fast import cpu_has_vnni, default_threads, labels_from_logits, normalize_batch
     from ..inference import UntrainedModelWarning
+    from ..inference.loader import load_net
     from ..preprocess import get_normalization, normalize
+    from .fast import cpu_has_vnni, default_threads, labels_from_logits, normalize_batch
 
     say = progress or (lambda _msg: None)
     if cfg.batch < 1 or cfg.repeats < 1 or cfg.warmup < 0:
-        raise UserError("--batch and --repeats must be >= 1 and --warmup >= 0")
+        raise UserError("batch size and repeats must be >= 1 and warmup >= 0")
     from .choice import default_precision
 
     cfg = replace(cfg, dtype=default_precision(cfg.dtype))
     if cfg.dtype not in ("auto", "fp32", "fp16", "bf16", "int8"):
-        raise UserError(f"unknown --precision {cfg.dtype!r}; expected auto, fp32, fp16, bf16 or int8")
+        raise UserError(f"unknown precision {cfg.dtype!r}; expected auto, fp32, fp16, bf16 or int8")
     if cfg.backend not in ("torch", "onnxruntime"):
-        raise UserError(f"unknown --backend {cfg.backend!r}; expected torch or onnxruntime")
+        raise UserError(f"unknown backend {cfg.backend!r}; expected torch or onnxruntime")
     if cfg.end_to_end and cfg.batch != 1:
-        raise UserError("--end-to-end times one decoded image at a time; use --batch 1")
+        raise UserError("end_to_end times one decoded image at a time; use batch size 1")
     if cfg.gemm_size is not None and cfg.gemm_size < 1:
-        raise UserError(f"--gemm-size must be >= 1, got {cfg.gemm_size}")
+        raise UserError(f"gemm_size must be >= 1, got {cfg.gemm_size}")
     from .backends import resolve_device
-
     from .choice import DeviceSpec, choose_precision, resolve_device_name
 
     device = resolve_device(resolve_device_name(cfg.device))
@@ -355,24 +342,24 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     say(f"building {cfg.model}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedModelWarning)  # speed does not depend on training
-        model, meta = resolve_model(cfg.model, cfg.num_classes)
+        model, card = load_net(cfg.model, num_classes=cfg.num_classes, purpose="bench")
     model = model.eval()
-    filled = 0 if meta.get("trained", True) else _fill_zero_layers(model, cfg.seed)
+    filled = 0 if card.trained else _fill_zero_layers(model, cfg.seed)
     in_ch = input_channels(model)
     if cfg.end_to_end and in_ch != 3:
-        raise UserError(f"--end-to-end needs an RGB model; {cfg.model} takes {in_ch} input channels")
+        raise UserError(f"end_to_end needs an RGB model; {cfg.model} takes {in_ch} input channels")
     from .fast import DTYPES
     from .memory import check_fits
 
     # before any allocation; auto, int8 and the fp32 baseline run fp32 too, so those are estimated at fp32
     low = cfg.dtype in ("fp16", "bf16") and not cfg.baseline
     est_dtype = DTYPES[cfg.dtype] if low else torch.float32
-    check_fits(model, (cfg.batch, in_ch, height, width), device, "--size", est_dtype)
+    check_fits(model, (cfg.batch, in_ch, height, width), device, "size", est_dtype)
     flops = count_flops(model, (1, in_ch, height, width))
     params = count_params(model)
     gen = torch.Generator().manual_seed(cfg.seed)
     example = torch.randn((cfg.batch, in_ch, height, width), generator=gen)
-    norm = get_normalization(meta.get("normalization") or getattr(model, "normalization", "imagenet"))
+    norm = get_normalization(card.normalization)
     image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=gen).numpy()
 
     with tempfile.TemporaryDirectory(prefix="fcnseg-bench-") as tmp:

@@ -55,8 +55,6 @@ class CpuFeatures:
     @classmethod
     def detect(cls) -> CpuFeatures:
         """This CPU's flags from ``/proc/cpuinfo``; elsewhere, what torch reports (AVX2 / AVX512, bf16)."""
-        from .fast import cpu_flags
-
         flags = set(cpu_flags())
         if not flags:
             cap = str(torch.backends.cpu.get_cpu_capability()).lower()  # "avx2", "avx512", "default", ...
@@ -93,6 +91,32 @@ class CpuFeatures:
         return ", ".join(have) or "no AVX2"
 
 
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of this machine (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model_name() -> str:
+    """The CPU model as ``lscpu`` prints it ("Model name"), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 @dataclass(frozen=True)
 class DeviceSpec:
     """What a device is: ``cpu`` with its features, or ``cuda`` with its compute capability."""
@@ -110,8 +134,6 @@ class DeviceSpec:
             return cls("cuda", cuda_capability=tuple(torch.cuda.get_device_capability(index)),
                        name=torch.cuda.get_device_name(index))
         if dev.type == "cpu":
-            from .bench import cpu_model_name
-
             return cls("cpu", cpu=CpuFeatures.detect(), name=cpu_model_name())
         return cls(dev.type, name=dev.type)
 

@@ -7,8 +7,8 @@ principle bake that size in; :func:`export_model` therefore re-runs the exported
 at sizes other than the one it was traced at (an odd one among them) and compares it
 with PyTorch before reporting success.
 
-The model's description (``fcnseg.weights`` metadata: model, classes, palette,
-normalisation) travels inside each file: ONNX ``metadata_props["fcnseg"]``, and an
+The model's card (:class:`fcnseg.card.ModelCard`: model, classes, palette, heads, inputs
+and their preprocessing) travels inside each file: ONNX ``metadata_props["fcnseg"]``, and an
 ``fcnseg.json`` extra file in TorchScript and ExportedProgram archives, so that
 ``fcnseg predict --backend onnxruntime --model model.onnx`` preprocesses correctly.
 
@@ -36,10 +36,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..card import ModelCard
 from ..complexity import input_channels
 from ..errors import UserError
 
-__all__ = ["FORMATS", "ExportResult", "resolve_model", "export_model", "export_onnx", "export_torchscript",
+__all__ = ["FORMATS", "ExportResult", "export_model", "export_onnx", "export_torchscript",
            "export_program", "load_exported", "compare_outputs", "META_FILE"]
 
 FORMATS = ("onnx", "torchscript", "exported-program")
@@ -61,44 +62,6 @@ class ExportResult:
     #: ``(N, H, W)`` -> max |exported - torch| / max |torch| at that size
     checks: dict[tuple[int, int, int], float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- model resolution
-def resolve_model(name_or_path: str | Path, num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """A name or weights file -> ``(eval-mode nn.Module, metadata dict)``.
-
-    The one place where export and bench turn what the user typed into a network:
-    it defers to :func:`fcnseg.inference.load_model` (shipped names, registered
-    architectures, ``.safetensors`` and training checkpoints), so every source that
-    ``fcnseg predict`` accepts works here too. ONNX files are refused: they hold no
-    PyTorch module to export or optimise.
-    """
-    from ..inference import load_model
-
-    text = str(name_or_path)
-    if text.lower().endswith(".onnx"):
-        raise UserError(f"{text}: an ONNX file cannot be re-exported or optimised; give a model name or a "
-                        ".safetensors / .pt weights file")
-    segmenter = load_model(text, num_classes=num_classes, precision="fp32")
-    net = segmenter.net
-    if net is None:  # pragma: no cover - load_model returns a torch net for every non-ONNX source
-        raise UserError(f"{text}: no PyTorch network behind this model")
-    info = segmenter.info
-    meta: dict[str, Any] = {
-        "model": info.model,
-        "num_classes": int(info.num_classes),
-        "class_names": list(info.class_names),
-        "palette": np.asarray(info.palette).astype(int).tolist(),
-        "normalization": info.normalization,
-        "options": dict(info.options),
-        "trained": bool(info.trained),
-    }
-    if segmenter.heads:  # a multi-task net: which output is which head, and their classes
-        meta["head_classes"] = dict(segmenter.heads)
-        meta["main_head"] = segmenter.main_head
-        if info.meta.get("head_class_names"):
-            meta["head_class_names"] = info.meta["head_class_names"]
-    return net.eval(), meta
 
 
 # --------------------------------------------------------------------------- helpers
@@ -273,13 +236,14 @@ def _range_note(program: Any, x: Tensor) -> str:
 
 # --------------------------------------------------------------------------- reading back
 def load_exported(path: str | Path, fmt: str, *, threads: int | None = None) -> Callable[[Tensor], Tensor]:
-    """A callable ``N x 3 x H x W`` tensor -> logits (a dict of them for a multi-task ONNX file) running the exported file."""
+    """A callable ``N x 3 x H x W`` tensor -> logits (a dict of them for a multi-task ONNX file) running the
+    exported file."""
     _check_format(fmt)
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such exported model file")
     if fmt == "onnx":
-        from .fast import onnx_session
+        from .ort import onnx_session
 
         session = onnx_session(path, threads)
         names = [o.name for o in session.get_outputs()]
@@ -332,8 +296,8 @@ def compare_outputs(reference: nn.Module, runner: Callable[[Tensor], Tensor],
 
 
 # --------------------------------------------------------------------------- one entry point
-def export_model(model: nn.Module, path: str | Path, fmt: str, *, meta: dict[str, Any] | None = None,
-                 opset: int = MIN_OPSET, example_size: tuple[int, int] = (64, 64),
+def export_model(model: nn.Module, path: str | Path, fmt: str, *, card: ModelCard | None = None,
+                 meta: dict[str, Any] | None = None, opset: int = MIN_OPSET, example_size: tuple[int, int] = (64, 64),
                  check_sizes: Sequence[tuple[int, int, int]] | None = DEFAULT_CHECK_SIZES,
                  tolerance: float = 1e-4) -> ExportResult:
     """Export ``model`` to ``path`` in ``fmt`` and check the file against PyTorch.
@@ -341,9 +305,13 @@ def export_model(model: nn.Module, path: str | Path, fmt: str, *, meta: dict[str
     The check runs the written file (onnxruntime for ONNX) at ``check_sizes``, none of
     which is the trace size, and raises ``RuntimeError`` if any relative error exceeds
     ``tolerance`` or a size does not run: a file that only works at one size is a bug,
-    not an export. Pass ``check_sizes=None`` to skip it.
+    not an export. Pass ``check_sizes=None`` to skip it. ``card`` (the model's
+    :class:`~fcnseg.card.ModelCard`) is written into the file as its metadata (``meta``: a
+    ready metadata dict instead).
     """
     _check_format(fmt)
+    if card is not None:
+        meta = card.to_meta()
     path = Path(path)
     if path.exists() and path.is_dir():
         raise UserError(f"{path}: is a folder; expected an output file name")

@@ -8,8 +8,8 @@ What :func:`optimize_for_inference` does, each step exact up to float rounding:
   the model keeps its class, attributes and forward code).
 * **Depthwise upsampling** (CPU only by default, see :mod:`fcnseg.runtime.choice`): the FCN
   upsampling layers are transposed convolutions whose weights are zero off the class
-  diagonal (class ``i`` upsamples into class ``i``); a diagonal layer is rewritten as a grouped (depthwise) one, which skips
-  the ``K - 1`` zero filters per class (``K`` times less arithmetic). A learned,
+  diagonal (class ``i`` upsamples into class ``i``); a diagonal layer is rewritten as a
+  grouped (depthwise) one, which skips the ``K - 1`` zero filters per class (``K`` times less arithmetic). A learned,
   non-diagonal layer is left alone.
 * **channels_last** (CPU and CUDA): weights and activations in NHWC, the layout oneDNN's CPU
   convolutions and cuDNN's tensor-core kernels want; the eager NCHW path reorders
@@ -39,9 +39,12 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from .choice import cpu_flags  # re-exported: fcnseg.runtime.fast.cpu_flags
+from .ort import onnx_session  # re-exported: fcnseg.runtime.fast.onnx_session
 
 __all__ = ["fold_batchnorm", "depthwise_upsampling", "optimize_for_inference", "FastModel",
-           "quantize_int8", "Int8Model", "onnx_session", "OnnxRunner", "cpu_has_vnni", "cpu_flags", "normalize_batch", "labels_from_logits",
+           "quantize_int8", "Int8Model", "onnx_session", "OnnxRunner", "cpu_has_vnni", "cpu_flags", "normalize_batch",
+           "labels_from_logits",
            "DTYPES"]
 
 Mode = Literal["eager", "jit", "compile", "onnxruntime"]
@@ -330,18 +333,6 @@ def labels_from_logits(logits: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- int8
-def cpu_flags() -> set[str]:
-    """The CPU feature flags of this machine (Linux ``/proc/cpuinfo``; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def cpu_has_vnni() -> str | None:
     """``avx512_vnni`` / ``avx_vnni`` if this CPU has int8 dot-product instructions, else None."""
     flags = cpu_flags()
@@ -374,19 +365,6 @@ def _calibration_batches(calibration: Iterable[Tensor]) -> list[Tensor]:
     return [b.detach().float().cpu() for b in batches]
 
 
-def onnx_session(path: str | Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session with full graph optimisation and ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def _quantize_onnxruntime(model: nn.Module, batches: list[Tensor], threads: int | None,
                           out_path: Path | None, calibrate: str = "minmax",
                           keep_fp32_ops: tuple[str, ...] = ()) -> Int8Model:
@@ -394,8 +372,13 @@ def _quantize_onnxruntime(model: nn.Module, batches: list[Tensor], threads: int 
 
     import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .export import export_onnx
@@ -451,7 +434,7 @@ def _quantize_fx(model: nn.Module, batches: list[Tensor]) -> Int8Model:
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     if "x86" not in torch.backends.quantized.supported_engines:
-        raise UserError("this torch build has no x86 quantized engine; use --backend onnxruntime")
+        raise UserError("this torch build has no x86 quantized engine; use backend onnxruntime")
     torch.backends.quantized.engine = "x86"
     net = copy.deepcopy(model).eval().cpu()
     with warnings.catch_warnings():

@@ -35,13 +35,15 @@ class TrainConfig:
     model_options: dict = _f({}, "extra model builder options, e.g. {learnable_upsampling: true}")
     pretrained_backbone: bool = _f(False, "load ImageNet trunk weights shipped with the backbone package")
     init_from: str | None = _f(None, "transplant a coarser FCN's weights (checkpoint or .safetensors), e.g. 32s -> 16s")
-    backbone_weights: str | None = _f(None, "convolutionalize an ImageNet classifier state dict (torchvision VGG16 format)")
+    backbone_weights: str | None = _f(None, "convolutionalize an ImageNet classifier state dict "
+                                            "(torchvision VGG16 format)")
     # data
     dataset: str = _f("camvid", "data set name (camvid, voc, sbd, pascal-context, nyud, siftflow, folder)")
     data_root: str = _f("../shared/data/camvid", "data set root folder")
     train_split: str = _f("train", "training split")
     val_split: str | None = _f("val", "validation split (empty to skip validation)")
-    val_dataset: str | None = _f(None, "validation data set name if not the training one (VOC: train sbd, validate voc)")
+    val_dataset: str | None = _f(None, "validation data set name if not the training one "
+                                       "(VOC: train sbd, validate voc)")
     val_data_root: str | None = _f(None, "validation data set root if not data_root")
     dataset_options: dict = _f({}, "extra data set options (e.g. classes file for 'folder')")
     normalization: str | None = _f(None, "input preset: caffe or imagenet (default: the model's)",
@@ -79,11 +81,11 @@ class TrainConfig:
     loss_sampling_p: float = _f(0.0, "drop each output-stride cell from the loss with this probability",
                                  min=0, lt=1)
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing", min=0, max=1)
-    nan_policy: str = _f("stop", "on NaN/inf loss or gradients: stop (naming the step and the last good checkpoint) or skip the batch",
-                         choices=("stop", "skip"))
+    nan_policy: str = _f("stop", "on NaN/inf loss or gradients: stop (naming the step and the last good "
+                                 "checkpoint) or skip the batch", choices=("stop", "skip"))
     # speed
-    amp: str = _f("none", "mixed-precision autocast: none, fp16 (with loss scaling) or bf16; meant for CUDA, also runs on CPU",
-                  choices=("none", "fp16", "bf16"))
+    amp: str = _f("none", "mixed-precision autocast: none, fp16 (with loss scaling) or bf16; meant for CUDA, "
+                          "also runs on CPU", choices=("none", "fp16", "bf16"))
     channels_last: bool = _f(False, "channels-last memory format")
     device: str = _f("auto", "auto, cpu or cuda", pattern=r"auto|cpu|cuda(:\d+)?",
                     expect="auto, cpu, cuda or cuda:N")
@@ -211,7 +213,8 @@ def _check_class_weights(value: Any) -> tuple[Any, str | None]:
     if isinstance(value, list) and value and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in value):
         return value, None
-    return value, f"class_weights: expected none, median_freq, sqrt_median_freq or a list of numbers >= 0, got {value!r}"
+    return value, ("class_weights: expected none, median_freq, sqrt_median_freq or a list of numbers >= 0, "
+                   f"got {value!r}")
 
 
 _PHOTOMETRIC_KNOBS = ("brightness", "contrast", "saturation", "hue", "gamma", "blur_p", "blur_sigma")
@@ -300,11 +303,6 @@ def check_options(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return values, problems
 
 
-def _type_of(f: dataclasses.Field) -> Any:
-    hints = typing.get_type_hints(TrainConfig)
-    return hints[f.name]
-
-
 def _parse_value(text: str) -> Any:
     """Command-line values are YAML scalars/lists: ``0.01``, ``true``, ``[288, 384]``, ``null``."""
     try:
@@ -323,24 +321,40 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's options, after those of the file its ``base:`` key names (a path relative to
+    it, itself possibly with a ``base:``): near-identical recipes (VOC 32s/16s/8s) state only what
+    differs; ``key: null`` in the file unsets what the base set."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found" + (f" (base of {chain[-1]})" if chain else "")) from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: expected a mapping of options, got {type(loaded).__name__}")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise UserError(f"{path}: base must be the path of another config file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in chain + (path.resolve(),):
+        raise UserError(f"{path}: base {base} includes itself")
+    return {**_read_yaml(base_path, chain + (path.resolve(),)), **loaded}
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults, then the YAML file at ``path``, then ``overrides`` (strings are parsed as YAML)."""
+    """Defaults, then the YAML file at ``path`` (after its ``base:`` file, if any), then ``overrides``
+    (strings are parsed as YAML)."""
     data: dict[str, Any] = {}
     source = "config"
     if path is not None:
         path = Path(path)
         source = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"{path}: expected a mapping of options, got {type(loaded).__name__}")
-        data.update(loaded)
+        data.update(_read_yaml(path))
     for key, value in (overrides or {}).items():
         data[key] = _parse_value(value) if isinstance(value, str) else value
     return TrainConfig.from_dict(data, source)

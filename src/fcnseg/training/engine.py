@@ -25,13 +25,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..card import ModelCard, model_inputs
 from ..errors import UserError
 from ..outpaths import os_error_line
 from .checkpoint import load_checkpoint, load_weights_only, save_checkpoint
 from .config import TrainConfig
 from .distributed import ResumableSampler, barrier, init_distributed, is_main
-from .rundir import check_run_dir, clear_run_dir
 from .losses import segmentation_loss
+from .rundir import check_run_dir, clear_run_dir
 from .schedule import lr_lambda
 
 RESUMABLE_OVERRIDES = {"epochs", "max_iters", "workers", "progress", "device", "threads", "log_every",
@@ -140,16 +141,18 @@ class Trainer:
 
         cfg = self.cfg
         norm = self.normalization
+        prep = self.input_card.preprocessing()  # HHA mean, log-depth mean: from the model's inputs
+        options = {**self.input_card.dataset_options(cfg.dataset), **cfg.dataset_options}
         self.train_set = get_dataset(cfg.dataset, cfg.data_root, cfg.train_split, transform=train_transforms(
             norm, crop_size=tuple(cfg.crop_size) if cfg.crop_size else None,
             scale_range=tuple(cfg.scale_range) if cfg.scale_range else None,
-            flip=cfg.flip, jitter=cfg.color_jitter, photometric=cfg.photometric), **cfg.dataset_options)
+            flip=cfg.flip, jitter=cfg.color_jitter, photometric=cfg.photometric, **prep), **options)
         if len(self.train_set) == 0:
             raise UserError(f"{cfg.data_root}: the {cfg.train_split!r} split is empty")
         self.val_set = None
         if cfg.val_split:
             self.val_set = get_dataset(cfg.val_dataset or cfg.dataset, cfg.val_data_root or cfg.data_root,
-                                       cfg.val_split, transform=eval_transforms(norm), **cfg.dataset_options)
+                                       cfg.val_split, transform=eval_transforms(norm, **prep), **options)
             if self.val_set.num_classes != self.train_set.num_classes:
                 raise UserError(f"validation data set has {self.val_set.num_classes} classes but the training "
                                 f"set has {self.train_set.num_classes}")
@@ -317,22 +320,22 @@ class Trainer:
             "meta": self.meta(),
         }
 
-    def meta(self) -> dict[str, Any]:
+    def card(self, **provenance: Any) -> ModelCard:
+        """The model card of the net being trained (written into every checkpoint and weights file)."""
         palette = getattr(self.train_set, "palette", None)
-        return {
-            "model": self.cfg.model,
-            "num_classes": self.num_classes,
-            "class_names": list(getattr(self.train_set, "class_names", [])),
-            "palette": palette.tolist() if palette is not None else None,
-            "normalization": self.normalization,
-            "options": {k: v for k, v in self.cfg.model_options.items()},
-            "dataset": self.cfg.dataset,
-            "input_key": self.cfg.input_key,
-            # extra heads' class names (SIFT Flow: geo), read by the predictor
-            "head_class_names": {h: list(getattr(self.train_set, f"{h}_class_names"))
-                                 for h in getattr(self.model, "head_classes", {})
-                                 if hasattr(self.train_set, f"{h}_class_names")},
-        }
+        return ModelCard.for_net(
+            self.model, model=self.cfg.model, num_classes=self.num_classes, inputs=self.input_card.inputs,
+            trained=True, class_names=list(getattr(self.train_set, "class_names", [])),
+            palette=palette.tolist() if palette is not None else [],
+            options=dict(self.cfg.model_options), dataset=self.cfg.dataset,
+            # extra heads' class names (SIFT Flow: geo)
+            head_class_names={h: list(getattr(self.train_set, f"{h}_class_names"))
+                              for h in getattr(self.model, "head_classes", {})
+                              if hasattr(self.train_set, f"{h}_class_names")},
+            provenance={"run_dir": str(self.run_dir), "step": self.step, **provenance})
+
+    def meta(self, **provenance: Any) -> dict[str, Any]:
+        return self.card(**provenance).to_meta()
 
     def save(self, epoch: int, micro_in_epoch: int, name: str = "last.pt") -> None:
         """Write a checkpoint, unless the weights or optimiser state went non-finite: a good
@@ -383,7 +386,7 @@ class Trainer:
         assert self.val_set is not None
         was_training = self.model.training
         result = evaluate(self.model, self.val_set, device=self.device, progress=self.cfg.progress and self.main,
-                          flip=self.cfg.val_flip, amp=self.cfg.amp != "none")
+                          flip=self.cfg.val_flip, amp=self.cfg.amp != "none", card=self.input_card)
         if was_training:
             self._train_mode()
         return result.scores
@@ -422,6 +425,9 @@ class Trainer:
             probe = get_model(cfg.model, cfg.num_classes or 1, **{
                 k: v for k, v in cfg.model_options.items()})
         self.normalization = cfg.normalization or getattr(probe, "normalization", "imagenet")
+        # what the net is fed and how: one input spec per input, read by data, training and validation
+        self.input_card = ModelCard.for_net(probe, model=cfg.model, num_classes=cfg.num_classes or 1,
+                                            normalization=self.normalization, input_key=cfg.input_key)
         del probe
         self._build_data()
         self._warnings = self._recipe_warnings()
@@ -522,8 +528,7 @@ class Trainer:
                 from ..weights import save_weights
 
                 save_weights(self.model.state_dict(), self.run_dir / "best.safetensors",
-                             {**self.meta(), "val": {k: row[k] for k in ("pixel_acc", "mean_acc", "mean_iou",
-                                                                         "fw_iou")}, "step": self.step})
+                             self.meta(val={k: row[k] for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")}))
 
     def _run_epoch(self, epoch: int, start_micro: int, bar: Any, stop: _StopRequested) -> str:
         cfg = self.cfg
@@ -592,22 +597,9 @@ class Trainer:
         return "epoch"
 
     def _inputs(self, batch: dict[str, Any]) -> Any:
-        """The net's input: one tensor, or a dict of modalities for multi-input nets
-        (``rgb`` is the data set's ``image``; ``depth``/``hha`` keep their names)."""
-        def prep(t: torch.Tensor) -> torch.Tensor:
-            t = t.to(self.device, non_blocking=True)
-            if t.ndim == 3:
-                t = t.unsqueeze(1)  # depth: N x H x W -> N x 1 x H x W
-            return t.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else t
-
-        modalities = getattr(self.model, "modalities", None)
-        if modalities:
-            missing = [m for m in modalities if ("image" if m == "rgb" else m) not in batch]
-            if missing:
-                raise UserError(f"model {self.cfg.model} needs modality {missing[0]!r}, which the "
-                                f"{self.cfg.dataset} data set does not provide (dataset_options: modalities?)")
-            return {m: prep(batch["image" if m == "rgb" else m]) for m in modalities}
-        return prep(batch[self.cfg.input_key])
+        """The net's input(s), as the model card's input spec says (:func:`fcnseg.card.model_inputs`)."""
+        return model_inputs(self.input_card, batch, self.device, channels_last=self.cfg.channels_last,
+                            non_blocking=True)
 
     def _targets(self, batch: dict[str, Any]) -> Any:
         """Label map(s): heads other than the main one read ``label_<head>``."""
