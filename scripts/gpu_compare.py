@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import sys
-import time
 import warnings
 
 import torch
@@ -83,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         args.device, args.batch, args.size, args.warmup, args.repeats = "cpu", 1, "64x64", 0, 1
     from fcnseg.inference import UntrainedModelWarning, load_model
     from fcnseg.models import get_model
+    from fcnseg.runtime.bench import time_interleaved
     from fcnseg.runtime.fast import optimize_for_inference
 
     dev = torch.device(args.device)
@@ -125,13 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.warmup):
                 fn()
             sync()
-        for i in range(args.repeats):
-            names = list(configs) if i % 2 == 0 else list(reversed(configs))
-            for k in names:
-                t = time.perf_counter()
-                configs[k]()
-                sync()
-                times[k].append(time.perf_counter() - t)
+        for k, seconds in time_interleaved(configs, args.repeats, sync).items():
+            times[k] += seconds
     per_img = {k: statistics.median(v) * 1000 / args.batch for k, v in times.items()}
     for k, v in per_img.items():
         print(f"  {k:24s} {v:8.3f} ms/image", flush=True)

@@ -352,9 +352,6 @@ def save_confusion_figure(mat: Any, class_names: list[str], path: str | Path, ti
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the ground-truth row")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=150)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot write the figure ({exc})") from None
-    finally:
-        plt.close(fig)
+    from .viz import save_figure
+
+    save_figure(fig, path, dpi=150)

@@ -271,3 +271,18 @@ def grid(images: Sequence, columns: int = 1, gap: int = 8, background: Sequence[
             x += im.width + gap
         y += h + gap
     return out
+
+
+def save_figure(fig, path, dpi: int = 150) -> None:
+    """Write a matplotlib figure and close it; a path that cannot be written is one line
+    naming it (a :class:`~fcnseg.errors.UserError`), not a traceback."""
+    import matplotlib.pyplot as plt
+
+    from .errors import UserError
+
+    try:
+        fig.savefig(path, dpi=dpi)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the figure ({exc.strerror or exc})") from None
+    finally:
+        plt.close(fig)

@@ -298,6 +298,21 @@ def _pick_fastest(cfg: BenchConfig, candidates: list[str], model: nn.Module, dev
 
 
 # --------------------------------------------------------------------------- the run
+def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int,
+                     sync: Callable[[], Any]) -> dict[str, list[float]]:
+    """Wall-clock seconds of each function, ``repeats`` times, interleaved and in alternating
+    order (forward, then reversed) so that a machine's drift in load or clock falls on all of
+    them alike; ``sync`` waits for queued device work (CUDA) before each reading."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(repeats):
+        for name in (list(fns) if i % 2 == 0 else list(reversed(fns))):
+            t = time.perf_counter()
+            fns[name]()
+            sync()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Benchmark ``cfg.model`` as configured; returns every figure as a JSON-ready dict."""
     from ..complexity import count_flops, count_params, input_channels
@@ -425,13 +440,8 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
                 torch.cuda.reset_peak_memory_stats(device)
             rss_reset = device.type == "cpu" and _reset_peak_rss()
             say(f"timing ({cfg.repeats} repeat(s){', interleaved with the baseline' if cfg.baseline else ''})")
-            for i in range(cfg.repeats):
-                order = list(fns) if i % 2 == 0 else list(reversed(fns))
-                for name in order:
-                    t = time.perf_counter()
-                    fns[name]()
-                    sync()
-                    times[name].append(time.perf_counter() - t)
+            for name, seconds in time_interleaved(fns, cfg.repeats, sync).items():
+                times[name] += seconds
         if device.type == "cuda":
             memory = {"kind": "cuda max_memory_allocated", "mb": torch.cuda.max_memory_allocated(device) / 2 ** 20}
         else:

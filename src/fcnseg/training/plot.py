@@ -55,10 +55,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.suptitle(str(Path(run_dir).name))
     fig.tight_layout()
     out = Path(out) if out else Path(run_dir) / "curves.png"
-    try:
-        fig.savefig(out, dpi=100)
-    except OSError as exc:
-        raise UserError(f"{out}: cannot write the figure ({exc.strerror})") from None
-    finally:
-        plt.close(fig)
+    from ..viz import save_figure
+
+    save_figure(fig, out, dpi=100)
     return out
