@@ -202,21 +202,13 @@ def bytes_per_pixel(net: nn.Module, num_classes: int, size: int = 128) -> float:
 def memory_budget(device: torch.device | str = "cpu", fraction: float = 0.5) -> int:
     """Bytes one forward may use: ``fraction`` of the memory available now.
 
-    CPU: ``MemAvailable`` of ``/proc/meminfo`` (4 GiB where unknown); CUDA: the free
-    device memory (``torch.cuda.mem_get_info``).
+    What :func:`fcnseg.runtime.memory.available_bytes` reads (CPU: ``MemAvailable`` of
+    ``/proc/meminfo``; CUDA: the free device memory), 4 GiB where that is unknown.
     """
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(dev)
-        return int(free * fraction)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(int(line.split()[1]) * 1024 * fraction)
-    except OSError:
-        pass
-    return int(4 * 2 ** 30 * fraction)
+    from ..runtime.memory import available_bytes
+
+    have = available_bytes(device)
+    return int((have if have is not None else 4 * 2 ** 30) * fraction)
 
 
 def auto_tile_size(height: int, width: int, bytes_per_px: float, budget: int, margin: int, stride: int = 32) -> int:
