@@ -640,7 +640,7 @@ class Trainer:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return True
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        norm = torch.nn.utils.get_total_norm(grads)
         if bool(torch.isfinite(norm)):
             return True
         return self._non_finite("non-finite gradients", {"grad_norm": str(norm.item())})
