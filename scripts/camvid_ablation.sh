@@ -5,6 +5,7 @@
 #
 #   bash scripts/camvid_ablation.sh VARIANT [extra fcnseg-train options]
 #   VARIANT: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric
+#            | lite1 | lite2 (same recipe, stronger ImageNet trunk)
 #
 # Held-out-sequence fold (docs/results.md): add e.g.
 #   --train-split train-minus-0006R0 --val-split train-only-0006R0 --run-dir runs/heldout-0006R0-VARIANT
@@ -13,7 +14,7 @@
 #   fcnseg train --resume runs/ablate-VARIANT
 # and read the result with `fcnseg plot` or the last "val" line of its log.jsonl.
 set -euo pipefail
-variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric}
+variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric | lite1 | lite2}
 shift
 case "$variant" in
   ref)              change=() ;;
@@ -23,6 +24,8 @@ case "$variant" in
   bilinear-skip)    change=(--model-options '{learnable_upsampling: false}') ;;
   no-skip)          change=(--model fcn32s_lite0 --model-options '{}') ;;
   photometric)      change=(--photometric '{brightness: 0.3, contrast: 0.3, saturation: 0.3, hue: 0.05, gamma: 0.3, blur_p: 0.2, blur_sigma: [0.5, 1.5]}') ;;
+  lite1)            change=(--model fcn8s_lite1) ;;
+  lite2)            change=(--model fcn8s_lite2) ;;
   *) echo "unknown variant: $variant" >&2; exit 2 ;;
 esac
 exec fcnseg train configs/camvid-fcn8s-lite0.yaml --epochs 10 --val-every 5 \
