@@ -363,3 +363,21 @@ def test_config_base_inheritance(tmp_path):
     changed = {k for k in v32 if v32[k] != v16[k]}
     assert changed == {"model", "backbone_weights", "init_from", "lr", "run_dir"}
     assert v16["backbone_weights"] is None and v16["lr"] == 1e-12
+
+
+def test_ohem_and_lovasz_train_and_change_the_trajectory(data_root, tmp_path):
+    """The loss options reach the engine: runs finish, are saved in the run's config, and
+    differ from plain cross-entropy."""
+    common = dict(epochs=3, val_every=3, optimizer="adamw", lr=0.002, flip=False)
+    states = {}
+    for name, over in {"ce": {}, "ohem": {"ohem_keep": 0.3}, "lovasz": {"lovasz_weight": 1.0}}.items():
+        run = tmp_path / name
+        assert main(["train", str(_config(data_root, run, **common, **over))]) == 0
+        losses = [r["loss"] for r in _rows(run) if r["type"] == "train"]
+        assert all(np.isfinite(losses)), name
+        if name != "ohem":  # the hardest pixels' loss need not fall: the selection follows them
+            assert sum(losses[-3:]) < sum(losses[:3]), name
+        states[name] = load_checkpoint(run / "last.pt")["model"]["score_fr.weight"]
+        saved = load_config(run / "config.yaml")
+        assert (saved.ohem_keep, saved.lovasz_weight) == (over.get("ohem_keep", 1.0), over.get("lovasz_weight", 0.0))
+    assert not torch.equal(states["ce"], states["ohem"]) and not torch.equal(states["ce"], states["lovasz"])

@@ -81,6 +81,10 @@ class TrainConfig:
     loss_sampling_p: float = _f(0.0, "drop each output-stride cell from the loss with this probability",
                                  min=0, lt=1)
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing", min=0, max=1)
+    ohem_keep: float = _f(1.0, "online hard-example mining: the loss keeps only this fraction of each "
+                               "batch's valid pixels, those with the largest loss (1 = all)", gt=0, max=1)
+    lovasz_weight: float = _f(0.0, "add this times the Lovász-softmax loss (a surrogate of per-class IoU; "
+                                   "main head)", min=0)
     nan_policy: str = _f("stop", "on NaN/inf loss or gradients: stop (naming the step and the last good "
                                  "checkpoint) or skip the batch", choices=("stop", "skip"))
     # speed
@@ -300,6 +304,10 @@ def check_options(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             values[key], problem = _check_one(key, hints[key], dict(fields[key].metadata), value)
             if problem:
                 problems.append(problem)
+    sampling, keep = values.get("loss_sampling_p", 0.0), values.get("ohem_keep", 1.0)
+    if isinstance(sampling, (int, float)) and isinstance(keep, (int, float)) and sampling > 0 and keep < 1:
+        problems.append("loss_sampling_p and ohem_keep < 1 cannot be combined (each chooses which pixels "
+                        "the loss sees: pick one)")
     return values, problems
 
 

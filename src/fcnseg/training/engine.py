@@ -31,7 +31,7 @@ from ..outpaths import os_error_line
 from .checkpoint import load_checkpoint, load_weights_only, save_checkpoint
 from .config import TrainConfig
 from .distributed import ResumableSampler, barrier, init_distributed, is_main
-from .losses import segmentation_loss
+from .losses import lovasz_softmax, segmentation_loss
 from .rundir import check_run_dir, clear_run_dir
 from .schedule import lr_lambda
 
@@ -612,19 +612,26 @@ class Trainer:
     def _loss(self, out: Any, y: Any) -> torch.Tensor:
         cfg = self.cfg
         common = dict(ignore_index=255, weight=self.weight, normalize=cfg.loss_normalize,
-                      label_smoothing=cfg.label_smoothing)
+                      label_smoothing=cfg.label_smoothing, ohem_keep=cfg.ohem_keep)
         if isinstance(out, dict):
             # Multi-task nets (SIFT Flow): the loss sums the heads; class weights are the main head's.
             main = getattr(self.model, "main_head", None)
-            return sum(segmentation_loss(out[h], y[h], **{**common, "weight": common["weight"] if h == main else None})
+            loss = sum(segmentation_loss(out[h], y[h], **{**common, "weight": common["weight"] if h == main else None})
                        for h in out)
-        if cfg.loss_sampling_p > 0:
+            main_out, main_y = (out[main], y[main]) if main in out else (None, None)
+        elif cfg.loss_sampling_p > 0:
             from ..analysis.sampling import sampled_loss
 
             # Unbiased patch sampling: kept cells rescaled by 1/(1-p) (see fcnseg.analysis.sampling).
-            return sampled_loss(out, y, cfg.loss_sampling_p, getattr(self.model, "output_stride", 32),
+            loss = sampled_loss(out, y, cfg.loss_sampling_p, getattr(self.model, "output_stride", 32),
                                 ignore_index=255, weight=self.weight, normalize=cfg.loss_normalize)
-        return segmentation_loss(out, y, **common)
+            main_out, main_y = out, y
+        else:
+            loss = segmentation_loss(out, y, **common)
+            main_out, main_y = out, y
+        if cfg.lovasz_weight > 0 and main_out is not None:
+            loss = loss + cfg.lovasz_weight * lovasz_softmax(main_out, main_y, ignore_index=255)
+        return loss
 
     def _finite_step(self, loss_value: float) -> bool:
         if math.isfinite(loss_value):
