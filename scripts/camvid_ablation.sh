@@ -6,6 +6,7 @@
 #   bash scripts/camvid_ablation.sh VARIANT [extra fcnseg-train options]
 #   VARIANT: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric
 #            | lite1 | lite2 (same recipe, stronger ImageNet trunk)
+#            | scale-wide (scales 0.5-2.0) | full-res (whole 360x480 images: no crop, no scaling) | ohem | lovasz
 #
 # Held-out-sequence fold (docs/results.md): add e.g.
 #   --train-split train-minus-0006R0 --val-split train-only-0006R0 --run-dir runs/heldout-0006R0-VARIANT
@@ -14,7 +15,7 @@
 #   fcnseg train --resume runs/ablate-VARIANT
 # and read the result with `fcnseg plot` or the last "val" line of its log.jsonl.
 set -euo pipefail
-variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric | lite1 | lite2}
+variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric | lite1 | lite2 | scale-wide | full-res | ohem | lovasz}
 shift
 case "$variant" in
   ref)              change=() ;;
@@ -26,7 +27,11 @@ case "$variant" in
   photometric)      change=(--photometric '{brightness: 0.3, contrast: 0.3, saturation: 0.3, hue: 0.05, gamma: 0.3, blur_p: 0.2, blur_sigma: [0.5, 1.5]}') ;;
   lite1)            change=(--model fcn8s_lite1) ;;
   lite2)            change=(--model fcn8s_lite2) ;;
+  scale-wide)       change=(--scale-range '[0.5, 2.0]') ;;
+  full-res)         change=(--crop-size none --scale-range none) ;;
+  ohem)             change=(--ohem-keep 0.3) ;;
+  lovasz)           change=(--lovasz-weight 0.5) ;;
   *) echo "unknown variant: $variant" >&2; exit 2 ;;
 esac
-exec fcnseg train configs/camvid-fcn8s-lite0.yaml --epochs 10 --val-every 5 \
+exec ${FCNSEG:-fcnseg} train configs/camvid-fcn8s-lite0.yaml --epochs 10 --val-every 5 \
   --run-dir "runs/ablate-$variant" "${change[@]}" "$@"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from fcnseg.weights import load_weights, save_weights
+from fcnseg.weights import load_weights, read_meta, save_weights
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "fcnseg" / "weights"
 
@@ -20,12 +20,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("name")
-    ap.add_argument("--weights", default="best.safetensors", help="file in RUN_DIR to ship")
+    ap.add_argument("--weights", default="best.safetensors",
+                    help="file in RUN_DIR to ship (final.safetensors: the last step, for a run "
+                         "without a held-out split)")
+    ap.add_argument("--out", type=Path, help="where to write (default: src/fcnseg/weights/NAME.safetensors)")
+    ap.add_argument("--stage1", type=Path, help="weights of the stage this run was initialised from: its recipe "
+                                                "and scores are recorded too")
     args = ap.parse_args()
     state, meta = load_weights(args.run_dir / args.weights)
     meta = {**meta, "name": args.name, "source_run": str(args.run_dir), "dtype": "float16"}
-    out = save_weights(state, WEIGHTS / f"{args.name}.safetensors", meta, dtype=torch.float16)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); val: {meta.get('val')}")
+    if args.stage1 is not None:
+        meta["stage1"] = read_meta(args.stage1).get("provenance", {})
+    out = save_weights(state, args.out or WEIGHTS / f"{args.name}.safetensors", meta, dtype=torch.float16)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); val: {meta.get('provenance', {}).get('val')}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from fcnseg.models.layers import Upscore
 from fcnseg.models.vgg import VGG16Trunk
 from fcnseg.preprocess import normalize
 from fcnseg.runtime.fast import (
+    ShapeFrozen,
     cpu_has_vnni,
     depthwise_upsampling,
     fold_batchnorm,
@@ -205,3 +206,59 @@ def test_rewrites_follow_the_device_plan(lite0, monkeypatch):
     assert all(m.groups == 1 for m in as_on_cuda.eager_net.modules() if isinstance(m, nn.ConvTranspose2d))
     assert_same_logits(lite0, as_on_cuda)  # cudnn.benchmark is inert on the CPU
     assert not torch.backends.cudnn.benchmark  # set only while the net runs
+
+
+def test_frozen_graphs_are_per_shape_and_only_for_repeated_shapes():
+    """A trace bakes in crop offsets: each shape gets its own graph, traced on its second use."""
+    trunk = VGG16Trunk()
+    trunk.out_channels = {**VGG16Trunk.out_channels, "out": 32}
+    trunk.fc6, trunk.fc7 = nn.Conv2d(512, 32, 7), nn.Conv2d(32, 32, 1)
+    model = randomise_(FCN(trunk, 3, "8s"))
+    fast = optimize_for_inference(model, mode="jit")
+    frozen = fast.net
+    assert isinstance(frozen, ShapeFrozen) and "per input shape" in fast.method
+    shapes = [(1, 3, 37, 53), (1, 3, 37, 53), (1, 3, 64, 80), (1, 3, 64, 80), (1, 3, 37, 53), (1, 3, 41, 41)]
+    for shape in shapes:
+        x = torch.randn(*shape)
+        with torch.inference_mode():
+            out, ref = fast(x), model(x)
+        assert out.shape == ref.shape and max_rel(out, ref) < 1e-4, shape
+    # traced on the second sight of each shape; a shape seen once (41x41) is never traced
+    assert frozen.traced_shapes == [(1, 3, 37, 53), (1, 3, 64, 80)]
+
+
+def test_a_frozen_graph_that_disagrees_with_eager_is_not_used(capsys):
+    class Drifting(nn.Module):
+        """Python-side state a trace cannot follow: the traced graph keeps one call's constant."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 1)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.conv(x) * self.calls
+
+    net = Drifting().eval()
+    frozen = ShapeFrozen(net, trace_after=1)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.inference_mode():
+        frozen(x)
+        assert frozen.traced_shapes == [] and "differs from eager" in capsys.readouterr().err
+        calls = net.calls
+        frozen(x)
+    assert net.calls == calls + 1  # that shape now runs eagerly, without another trace
+
+
+def test_a_net_that_cannot_be_traced_runs_eagerly(capsys):
+    class Untraceable(nn.Module):
+        def forward(self, x):
+            return {"a": x, "b": [x]} if x.numel() else x  # a list inside a dict output: no trace
+
+    frozen = ShapeFrozen(Untraceable(), trace_after=1)
+    x = torch.randn(1, 3, 4, 4)
+    with torch.inference_mode():
+        out = frozen(x)
+    assert torch.equal(out["a"], x) and frozen.traced_shapes == []
+    assert "running eagerly" in capsys.readouterr().err

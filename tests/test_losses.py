@@ -94,3 +94,10 @@ def test_config_checks_loss_options():
         TrainConfig.from_dict({"ohem_keep": 0.5, "loss_sampling_p": 0.5})
     cfg = TrainConfig.from_dict({"ohem_keep": 0.25, "lovasz_weight": 0.5})
     assert (cfg.ohem_keep, cfg.lovasz_weight) == (0.25, 0.5)
+
+
+def test_scale_augmentation_without_crops_cannot_batch():
+    with pytest.raises(UserError, match="scale_range without crop_size"):
+        TrainConfig.from_dict({"scale_range": [0.5, 2.0], "batch_size": 2})
+    TrainConfig.from_dict({"scale_range": [0.5, 2.0], "batch_size": 1})
+    TrainConfig.from_dict({"scale_range": [0.5, 2.0], "crop_size": [8, 8], "batch_size": 2})

@@ -100,7 +100,7 @@ def test_train_writes_checkpoints_logs_and_weights(data_root, tmp_path):
     run = tmp_path / "run"
     cfg = _config(data_root, run, optimizer="adamw", lr=0.001, epochs=1, val_every=2)
     assert main(["train", str(cfg), "--epochs", "4"]) == 0
-    for name in ("last.pt", "best.pt", "best.safetensors", "config.yaml", "log.jsonl"):
+    for name in ("last.pt", "best.pt", "best.safetensors", "final.safetensors", "config.yaml", "log.jsonl"):
         assert (run / name).is_file(), name
     rows = _rows(run)
     train = [r for r in rows if r["type"] == "train"]
@@ -113,10 +113,16 @@ def test_train_writes_checkpoints_logs_and_weights(data_root, tmp_path):
     assert state["position"] == {"epoch": 4, "micro_in_epoch": 0, "step": 16}
     assert state["config"]["model"] == "fcn32s_lite0"
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "position", "config"} <= set(state)
-    from fcnseg.weights import read_meta
+    from fcnseg.weights import load_weights, read_meta
 
     meta = read_meta(run / "best.safetensors")
     assert meta["num_classes"] == 11 and meta["class_names"][0] == "Sky" and meta["normalization"] == "imagenet"
+    # final.safetensors: the last step's weights (= last.pt's), with the recipe and last validation
+    final = read_meta(run / "final.safetensors")
+    assert final["provenance"]["recipe"]["optimizer"] == "adamw" and final["provenance"]["step"] == 16
+    assert final["provenance"]["val"]["mean_iou"] == val[-1]["mean_iou"]
+    final_state = load_weights(run / "final.safetensors")[0]
+    assert all(torch.equal(final_state[k], v.float()) for k, v in state["model"].items() if k in final_state)
     import fcnseg  # the checkpoint serves inference as well as resuming: same net as best.safetensors
 
     from_ckpt, from_weights = fcnseg.load_model(run / "best.pt"), fcnseg.load_model(run / "best.safetensors")

@@ -2,13 +2,13 @@
 
 ``TorchBackend`` runs an ``nn.Module`` in eval mode under ``torch.inference_mode``,
 by default through :func:`fcnseg.runtime.fast.optimize_for_inference` (BatchNorm folded,
-depthwise bilinear upsampling, channels-last: the same logits within float rounding,
-measured 1.5-1.7x faster end to end for the shipped Lite0 model on CPU, see
-docs/performance.md); the optimised copy is made on the first call (it holds its own
-weights: twice the parameter memory), and ``.net`` stays the plain module (its state
-dict and class are what users save, export or inspect). ``OnnxBackend`` runs an
-exported ``.onnx`` file with onnxruntime (input ``input``, output ``logits`` or one
-output per head, dynamic ``N, H, W``).
+depthwise bilinear upsampling, channels-last and, on the CPU, frozen TorchScript graphs per
+repeated input shape: the same logits within float rounding, measured about 1.9x faster than
+the plain module for the shipped Lite0 model on CPU, see docs/performance.md); the optimised
+copy is made on the first call (it holds its own weights: twice the parameter memory), and
+``.net`` stays the plain module (its state dict and class are what users save, export or
+inspect). ``OnnxBackend`` runs an exported ``.onnx`` file with onnxruntime (input ``input``,
+output ``logits`` or one output per head, dynamic ``N, H, W``).
 """
 from __future__ import annotations
 
@@ -77,7 +77,10 @@ class TorchBackend:
             if self.precision == "int8":
                 self._fast = Int8Module(self.net, self.calibration or [])
             elif self.optimize:  # the rewrites that pay on this device (fcnseg.runtime.choice.plan_rewrites)
-                self._fast = optimize_for_inference(self.net, mode="eager", dtype=self.precision,
+                # On the CPU also frozen TorchScript graphs, one per repeated input shape (oneDNN
+                # weight pre-packing and fusion; each checked against eager, fcnseg.runtime.fast.ShapeFrozen).
+                mode = "jit" if self.device.type == "cpu" else "eager"
+                self._fast = optimize_for_inference(self.net, mode=mode, dtype=self.precision,
                                                     fixed_size=self.fixed_size)
             else:  # the plain module, in another precision
                 self._fast = optimize_for_inference(self.net, mode="eager", dtype=self.precision, fold_bn=False,

@@ -15,9 +15,12 @@ What :func:`optimize_for_inference` does, each step exact up to float rounding:
   convolutions and cuDNN's tensor-core kernels want; the eager NCHW path reorders
   every layer's input and, for transposed convolutions, falls back to a slow kernel.
 * on CUDA with fixed-size batches (``fixed_size=True``), ``cudnn.benchmark`` while the net runs.
-* optionally **freezing** (``mode="jit"``: TorchScript trace, freeze and
-  ``optimize_for_inference``, which pre-packs oneDNN weights and fuses conv + ReLU)
-  or **torch.compile** (``mode="compile"``: Inductor with weight freezing).
+* **freezing** (``mode="jit"``, the CPU default of :class:`fcnseg.runtime.backends.TorchBackend`):
+  TorchScript trace, freeze and ``optimize_for_inference``, which pre-packs oneDNN weights
+  and fuses conv + ReLU, **one frozen graph per input shape** (:class:`ShapeFrozen`): a trace
+  records the crop offsets and sizes of the shape it saw, so it is only exact for that shape;
+  each new shape is traced on first use and checked against the eager net on that input.
+  Or **torch.compile** (``mode="compile"``: Inductor with weight freezing).
 * optionally a lower precision: ``bf16`` / ``fp16`` weights and activations.
 
 :func:`quantize_int8` is the int8 CPU path: post-training static quantisation with a
@@ -28,9 +31,10 @@ VNNI instructions where the CPU has them (:func:`cpu_has_vnni`).
 from __future__ import annotations
 
 import copy
+import sys
 import tempfile
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
@@ -42,7 +46,7 @@ from ..errors import UserError
 from .choice import cpu_flags  # re-exported: fcnseg.runtime.fast.cpu_flags
 from .ort import onnx_session  # re-exported: fcnseg.runtime.fast.onnx_session
 
-__all__ = ["fold_batchnorm", "depthwise_upsampling", "optimize_for_inference", "FastModel",
+__all__ = ["fold_batchnorm", "depthwise_upsampling", "optimize_for_inference", "FastModel", "ShapeFrozen",
            "quantize_int8", "Int8Model", "onnx_session", "OnnxRunner", "cpu_has_vnni", "cpu_flags", "normalize_batch",
            "labels_from_logits",
            "DTYPES"]
@@ -204,6 +208,98 @@ class FastModel(nn.Module):
         return ", ".join(self.steps) if self.steps else "eager"
 
 
+class ShapeFrozen(nn.Module):
+    """An eager net run through TorchScript-frozen copies of itself, one per input shape.
+
+    ``torch.jit.freeze`` + ``optimize_for_inference`` pre-packs the oneDNN weights and fuses
+    convolution + activation (Lite0 360x480 on CPU: about 2x the eager optimised module,
+    docs/performance.md), but a trace bakes in the sizes of the input it saw (FCN crop offsets,
+    upsampling output sizes), so a graph is only used for the shape, dtype and layout it was
+    traced with. A shape is traced when it comes ``trace_after`` times (default 2: a folder of
+    images that all differ in size, e.g. PASCAL VOC, never pays for tracing one-off shapes), and
+    its output is checked against the eager net on that same input (max difference within
+    ``rtol`` of the logits' range); if tracing fails or the check does not pass, that shape runs
+    eagerly from then on (said once on stderr). At most ``max_graphs`` graphs are kept (least
+    recently used dropped): each holds its own pre-packed copy of the weights.
+    """
+
+    def __init__(self, net: nn.Module, *, max_graphs: int | None = None, rtol: float = 1e-3,
+                 trace_after: int = 2) -> None:
+        super().__init__()
+        self.net = net
+        self.rtol = rtol
+        self.trace_after = trace_after
+        self._seen: Counter[tuple] = Counter()
+        n_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+        # a copy of the weights per graph: up to 8 for small nets, fewer for VGG-size ones (~1 GB in all)
+        self.max_graphs = max_graphs or max(1, min(8, int(1e9 // max(n_bytes, 1))))
+        self._graphs: OrderedDict[tuple, Any] = OrderedDict()
+        self._eager: set[tuple] = set()
+        self.traced_shapes: list[tuple] = []  # every shape traced, in order (for tests and reports)
+
+    @staticmethod
+    def _key(x: Tensor) -> tuple:
+        return (tuple(x.shape), x.dtype, x.device, x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+                and not x.is_contiguous())
+
+    def forward(self, x: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+        if not isinstance(x, Tensor):  # multi-modal inputs: eager
+            return self.net(x)
+        key = self._key(x)
+        graph = self._graphs.get(key)
+        if graph is not None:
+            self._graphs.move_to_end(key)
+            return graph(x)
+        if key in self._eager:
+            return self.net(x)
+        self._seen[key] += 1
+        if self._seen[key] < self.trace_after:
+            return self.net(x)
+        del self._seen[key]
+        return self._trace(key, x)
+
+    def _trace(self, key: tuple, x: Tensor) -> Tensor | dict[str, Tensor]:
+        reference = self.net(x)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with torch.inference_mode(False), torch.no_grad():
+                    traced = torch.jit.trace(self.net, x.clone(), check_trace=False, strict=False)
+                    graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+                out = graph(x)
+        except Exception as exc:  # TorchScript cannot trace every module: eager is always right
+            return self._give_up(key, reference, f"tracing failed ({type(exc).__name__}: {str(exc)[:120]})")
+        problem = _mismatch(out, reference, self.rtol)
+        if problem:
+            return self._give_up(key, reference, problem)
+        self._graphs[key] = graph
+        self.traced_shapes.append(key[0])
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
+        return reference
+
+    def _give_up(self, key: tuple, reference: Any, why: str) -> Any:
+        self._eager.add(key)
+        print(f"fcnseg: frozen graph not used for input {list(key[0])}: {why}; running eagerly", file=sys.stderr)
+        return reference
+
+
+def _mismatch(out: Any, ref: Any, rtol: float) -> str | None:
+    """Why a frozen graph's output differs from the eager one (None when it matches)."""
+    outs, refs = (out, ref) if isinstance(ref, dict) else ({"logits": out}, {"logits": ref})
+    if not isinstance(outs, dict) or set(outs) != set(refs):
+        return "its outputs are not the eager net's"
+    for name, r in refs.items():
+        o = outs[name]
+        if o.shape != r.shape:
+            return f"output {name} has shape {list(o.shape)}, eager {list(r.shape)}"
+        scale = float(r.float().abs().max()) or 1.0
+        diff = float((o.float() - r.float()).abs().max())
+        if not diff <= rtol * scale:
+            return f"output {name} differs from eager by {diff:.3g} (allowed {rtol * scale:.3g})"
+    return None
+
+
 def optimize_for_inference(model: nn.Module, *, channels_last: bool | None = None, fold_bn: bool = True,
                            depthwise: bool | None = None, mode: Mode = "eager", dtype: str | torch.dtype = "fp32",
                            example_input: Tensor | None = None, inplace: bool = False,
@@ -220,13 +316,13 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool | None = Non
             the net runs.
         mode: ``eager`` (dynamic shapes, nothing compiled), ``jit`` (TorchScript freeze +
             ``torch.jit.optimize_for_inference``: oneDNN weight pre-packing and conv+ReLU
-            fusion; traced on ``example_input`` but shape-generic) or ``compile``
+            fusion; one graph per input shape, each checked against eager, :class:`ShapeFrozen`) or ``compile``
             (``torch.compile`` with Inductor weight freezing; recompiles per new input size).
         dtype: ``fp32``, ``bf16`` or ``fp16`` (weights and activations; logits come back fp32).
             ``onnxruntime``: the optimised net exported to ONNX (dynamic sizes) and run by
             onnxruntime's CPU engine (its blocked-layout kernels were the fastest fp32 path
             for the VGG16 nets here; see docs/performance.md).
-        example_input: a batch for ``jit`` tracing (default: ``1 x 3 x 64 x 64``).
+        example_input: ``jit``: a batch whose shape is traced now instead of on first use.
         inplace: edit ``model`` itself instead of a deep copy.
         threads: intra-op threads of the onnxruntime session (default: onnxruntime's choice).
     """
@@ -263,17 +359,14 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool | None = Non
         steps.append("channels_last")
     runner: Any = net
     if mode == "jit":
-        device = next((p.device for p in net.parameters()), torch.device("cpu"))
-        x = example_input if example_input is not None else torch.randn(1, 3, 64, 64)
-        x = x.to(device=device, dtype=torch_dtype)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.no_grad():
-                traced = torch.jit.trace(net, x, check_trace=False)
-                runner = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-        steps.append("TorchScript freeze + optimize_for_inference")
+        runner = ShapeFrozen(net)
+        if example_input is not None:  # trace (and check) this shape now rather than on its second use
+            x = example_input.to(device=next((p.device for p in net.parameters()), torch.device("cpu")),
+                                 dtype=torch_dtype)
+            with torch.inference_mode():
+                runner._trace(runner._key(x := x.contiguous(memory_format=torch.channels_last)
+                                          if channels_last else x), x)
+        steps.append("TorchScript freeze + optimize_for_inference (per input shape)")
     elif mode == "compile":
         runner = torch.compile(net, options={"freezing": True}, dynamic=False)
         steps.append("torch.compile (inductor, freezing)")

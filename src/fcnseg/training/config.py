@@ -304,6 +304,10 @@ def check_options(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             values[key], problem = _check_one(key, hints[key], dict(fields[key].metadata), value)
             if problem:
                 problems.append(problem)
+    scale, crop, batch = values.get("scale_range"), values.get("crop_size"), values.get("batch_size", 1)
+    if isinstance(scale, list) and crop is None and isinstance(batch, int) and batch > 1:
+        problems.append("scale_range without crop_size gives images of different sizes, which cannot be "
+                        "batched (batch_size > 1): set crop_size, or scale_range: null")
     sampling, keep = values.get("loss_sampling_p", 0.0), values.get("ohem_keep", 1.0)
     if isinstance(sampling, (int, float)) and isinstance(keep, (int, float)) and sampling > 0 and keep < 1:
         problems.append("loss_sampling_p and ohem_keep < 1 cannot be combined (each chooses which pixels "

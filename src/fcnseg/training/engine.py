@@ -437,6 +437,7 @@ class Trainer:
         self._build_optimizer()
         self.weight = self._class_weights()
         self.step, self.best_miou, self.best_step, self.last_val_step = 0, -1.0, -1, -1
+        self.last_val_scores: dict[str, float] | None = None
         self.last_saved_step: int | None = None
         self._bn_checked = False
         start_epoch, start_micro = 0, 0
@@ -501,6 +502,14 @@ class Trainer:
             if self.val_set is not None and self.last_val_step != self.step:
                 self._validate_and_track(epoch)
             self.save(epoch, micro)
+            if self.main:
+                # The finished run's weights in the served format: what a run without a held-out
+                # split (trainval) ships, and what a held-out fold is judged by (not best-of-fold).
+                from ..weights import save_weights
+
+                save_weights(self.model.state_dict(), self.run_dir / "final.safetensors",
+                             self.meta(recipe=self.cfg.to_dict(),
+                                       **({"val": self.last_val_scores} if self.last_val_scores else {})))
             self.log({"type": "end", "step": self.step, "best_mean_iou": self.best_miou})
         if self.tb is not None:
             self.tb.close()
@@ -514,9 +523,8 @@ class Trainer:
     def _validate_and_track(self, epoch: int) -> None:
         scores = self.validate()
         self.last_val_step = self.step
-        row = {"type": "val", "step": self.step, "epoch": epoch,
-               **{k: scores[k] for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")},
-               "iou": scores["iou"]}
+        self.last_val_scores = {k: scores[k] for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")}
+        row = {"type": "val", "step": self.step, "epoch": epoch, **self.last_val_scores, "iou": scores["iou"]}
         self.log(row)
         if self.main:
             tqdm_write(f"step {self.step} epoch {epoch}: val mean IU {scores['mean_iou']:.4f} "

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..outpaths import check_output_dir
 
-RUN_FILES = ("last.pt", "best.pt", "best.safetensors", "config.yaml", "log.jsonl")
+RUN_FILES = ("last.pt", "best.pt", "best.safetensors", "final.safetensors", "config.yaml", "log.jsonl")
 RUN_FOLDERS = ("tb",)
 
 
