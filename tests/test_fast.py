@@ -262,3 +262,17 @@ def test_a_net_that_cannot_be_traced_runs_eagerly(capsys):
         out = frozen(x)
     assert torch.equal(out["a"], x) and frozen.traced_shapes == []
     assert "running eagerly" in capsys.readouterr().err
+
+
+def test_cpu_default_backend_runs_frozen_graphs(lite0):
+    from fcnseg.runtime.backends import TorchBackend
+
+    backend = TorchBackend(lite0, torch.device("cpu"))
+    x = torch.randn(1, 3, 48, 64)
+    outs = [backend(x) for _ in range(3)]
+    frozen = backend.runner.net
+    assert isinstance(frozen, ShapeFrozen) and frozen.traced_shapes == [(1, 3, 48, 64)]
+    with torch.inference_mode():
+        ref = lite0(x)
+    for out in outs:
+        assert max_rel(out, ref) < 1e-4

@@ -36,9 +36,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=True,
                    help="fold BatchNorm into convolutions and run class-diagonal upsampling depthwise "
                         "(exact; default on)")
-    p.add_argument("--freeze", action=argparse.BooleanOptionalAction, default=False,
-                   help="TorchScript freeze + optimize_for_inference (oneDNN weight pre-packing, conv+ReLU "
-                        "fusion)")
+    p.add_argument("--freeze", action=argparse.BooleanOptionalAction, default=None,
+                   help="TorchScript freeze + optimize_for_inference per input shape (oneDNN weight "
+                        "pre-packing, conv+ReLU fusion; default: as the library's default path, on for the CPU "
+                        "when --optimize)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile with Inductor weight freezing (slow first call; not timed)")
     p.add_argument("--end-to-end", action="store_true",
