@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +71,11 @@ def test_eval_untrained_end_to_end(small_camvid, tmp_path, capsys):
     assert data["mean_acc"] == pytest.approx(1 / 11 if hist.all() else 1 / (hist > 0).sum())
     assert 0 <= data["mean_iou"] <= 1
     assert out_png.stat().st_size > 1000 and out_png.read_bytes()[:4] == b"\x89PNG"
+    # --json - : stdout is the JSON document alone (the "wrote" line of --confusion goes to stderr)
+    rc = main(["eval", "--model", "fcn32s_lite0", "--dataset", "camvid", "--root", str(small_camvid),
+               "--split", "val", "--json", "-", "--confusion", str(out_png), "--quiet", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert rc == 0 and json.loads(captured.out)["images"] == 3 and f"wrote {out_png}" in captured.err
 
 
 def test_eval_weights_and_checkpoint_files(small_camvid, tmp_path, capsys):
@@ -276,3 +284,26 @@ def test_eval_precision_fp32_by_default_and_bf16_on_request(small_camvid, tmp_pa
     np.testing.assert_array_equal(np.asarray(fp32["confusion"]), exact.confusion.numpy())
     assert abs(bf16["mean_iou"] - fp32["mean_iou"]) < 0.01
     assert not np.array_equal(np.asarray(bf16["confusion"]), np.asarray(fp32["confusion"]))
+
+
+def test_eval_under_torchrun_equals_one_process(small_camvid, tmp_path, capsys):
+    """2 CPU processes (gloo): each scores every 2nd image, the matrices are summed, rank 0 reports."""
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    args = ["eval", "--model", "camvid-fcn8s-lite0", "--root", str(small_camvid), "--split", "val",
+            "--quiet", "--device", "cpu", "--precision", "fp32"]
+    assert main([*args, "--json", str(one)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0",
+                          "-m", "fcnseg.cli.main", *args, "--json", str(two)],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("mean IoU") == 1 and "3 images" in run.stdout  # one report, all images
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["images"] == b["images"] == 3
+    ca, cb = np.array(a["confusion"]), np.array(b["confusion"])
+    assert ca.sum() == cb.sum() > 0
+    # the same images scored (frozen graphs may flip a near-tie pixel: rounding only)
+    assert np.abs(ca - cb).sum() <= 1e-4 * ca.sum() and abs(a["mean_iou"] - b["mean_iou"]) < 1e-3

@@ -155,9 +155,9 @@ def test_unwritable_output_folder(weights, images, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["predict", str(images), "--model", str(weights), "--out", str(blocker)]) == 2
-    assert "is not a folder" in capsys.readouterr().err
+    assert "is a file; expected a folder" in capsys.readouterr().err
     assert main(["predict", str(images), "--model", str(weights), "--out", str(blocker / "sub")]) == 2
-    assert "cannot write to output folder" in capsys.readouterr().err
+    assert "cannot write there" in capsys.readouterr().err
     if os.name == "posix" and os.geteuid() != 0:  # root ignores permission bits
         locked = tmp_path / "locked"
         locked.mkdir()

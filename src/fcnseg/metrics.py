@@ -129,6 +129,8 @@ class ConfusionMatrix:
         device = self.mat.device
         if dist.get_backend() == "nccl":
             device = torch.device("cuda", torch.cuda.current_device())
+        elif dist.get_backend() == "gloo":
+            device = torch.device("cpu")  # gloo's collectives are for host tensors
         buf = self.mat.to(device)
         dist.all_reduce(buf, op=dist.ReduceOp.SUM)
         self.mat = buf.to(self.mat.device)

@@ -39,7 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--freeze", action=argparse.BooleanOptionalAction, default=None,
                    help="TorchScript freeze + optimize_for_inference per input shape (oneDNN weight "
                         "pre-packing, conv+ReLU fusion; default: as the library's default path, on for the CPU "
-                        "when --optimize)")
+                        "when --optimize and the net has at most 256 MB of weights)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile with Inductor weight freezing (slow first call; not timed)")
     p.add_argument("--end-to-end", action="store_true",

@@ -86,8 +86,6 @@ def _check_output(path: str | None, what: str, suffixes: tuple[str, ...] | None 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import get_dataset
-    from ..evaluate import evaluate, nan_to_none
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -109,7 +107,25 @@ def run(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise UserError("--confusion needs matplotlib: pip install 'fcnseg[viz]'") from None
-    device = _resolve_device(args.device)
+    from ..inference.shard import shard_from_env
+
+    # Under torchrun each process scores every WORLD_SIZE-th image on its own device (cuda:LOCAL_RANK
+    # with GPUs) and the confusion matrices are summed (gloo, host tensors); rank 0 reports.
+    shard = shard_from_env()
+    device = _resolve_device(shard.device(args.device) if shard.active else args.device)
+    if shard.active:
+        shard.init()
+    try:
+        return _run(args, device, json_path, tta, fig_path, shard)
+    finally:
+        shard.close()
+
+
+def _run(args: argparse.Namespace, device: Any, json_path: Path | None, tta: Any, fig_path: Path | None,
+         shard: Any) -> int:
+    from ..data import get_dataset
+    from ..evaluate import evaluate, nan_to_none
+
     options = _parse_options(args.dataset_option)
 
     model, card = _load(args.model, device, precision=args.precision)
@@ -134,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
                           progress=not args.quiet and sys.stderr.isatty(),
                           batch_size=args.batch_size, num_workers=args.workers, skip_bad=args.skip_bad,
                           amp=args.amp, limit=args.limit, tta=tta, per_sequence=args.per_sequence, card=card)
+    if shard.active:  # every rank's image counts added up; the matrices already are
+        result.num_images, n_skipped = shard.sum(result.num_images, len(result.skipped))
+        if shard.rank != 0:
+            return 0
+        result.skipped = result.skipped + ["(skipped on another process)"] * (n_skipped - len(result.skipped))
     total = result.num_images + len(result.skipped)
     if result.num_images == 0:
         raise UserError(f"all {total} images of {dataset_name} {args.split} were bad; nothing to score")
@@ -166,8 +187,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"fcnseg eval: skipped {len(result.skipped)} of {total} images (bad input)", file=sys.stderr)
 
     for written in (json_path, fig_path):
-        if written is not None:
-            print(f"wrote {written}")
+        if written is not None:  # with --json - stdout is the JSON document alone
+            print(f"wrote {written}", file=sys.stderr if to_stdout else sys.stdout)
     if failed:
         sys.stdout.flush()
         raise UserError(f"{failed[0]} (the scores are printed above)")

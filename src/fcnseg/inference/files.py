@@ -25,6 +25,7 @@ from pathlib import Path, PurePath
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import UserError
+from ..outpaths import check_output_dir, os_error_line
 from .shard import Shard
 
 log = logging.getLogger(__name__)
@@ -50,20 +51,19 @@ class FilesResult:
     processes: int = 1
 
 
-def check_out_dir(out: str | Path) -> Path:
-    """Create ``out`` and prove it is writable, so a bad folder fails before any work."""
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: output path exists and is not a folder")
+def check_out_dir(out: str | Path, option: str = "--out") -> Path:
+    """Create ``out`` and prove it is writable, so a bad folder fails before any work.
+
+    The same checks and wording as every other output folder (:func:`fcnseg.outpaths.check_output_dir`),
+    then a real write test: creating the folder and a probe file inside it."""
+    out = check_output_dir(out, option)
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".fcnseg-write-test-", dir=out)
         os.close(fd)
         os.unlink(probe)
-    except PermissionError:
-        raise UserError(f"{out}: output folder is not writable (permission denied)") from None
     except OSError as exc:
-        raise UserError(f"{out}: cannot write to output folder ({exc.strerror or exc})") from None
+        raise os_error_line(exc, out, option) from None
     return out
 
 

@@ -47,14 +47,20 @@ class Shard:
             return f"cuda:{self.local_rank % max(1, torch.cuda.device_count())}"
         return name
 
+    def init(self) -> None:
+        """Join the process group (gloo: host tensors, with or without GPUs), once."""
+        import torch.distributed as dist
+
+        if self.active and not dist.is_initialized():
+            dist.init_process_group("gloo", rank=self.rank, world_size=self.world, timeout=timedelta(hours=2))
+
     def sum(self, *counts: int) -> tuple[int, ...]:
         """Every rank's counts added up (each rank gets the totals)."""
         if not self.active:
             return counts
         import torch.distributed as dist
 
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", rank=self.rank, world_size=self.world, timeout=timedelta(hours=2))
+        self.init()
         t = torch.tensor(counts, dtype=torch.int64)
         dist.all_reduce(t)
         return tuple(int(v) for v in t)

@@ -51,7 +51,7 @@ class BenchConfig:
     backend: str = "torch"  # torch | onnxruntime
     channels_last: bool = True
     optimize: bool = True  # fold BatchNorm + depthwise upsampling
-    freeze: bool | None = None  # TorchScript freeze per input shape (None: as the library's default path: on the CPU)
+    freeze: bool | None = None  # TorchScript freeze per input shape (None: as the library's default path)
     compile: bool = False  # torch.compile (inductor, freezing)
     baseline: bool = False
     end_to_end: bool = False
@@ -255,7 +255,11 @@ def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, th
         return fast, fast.method + ", fp32", False
     if cfg.dtype == "fp16" and device.type == "cpu":
         raise UserError("dtype fp16 is for device cuda; on the CPU use bf16 or int8")
-    freeze = cfg.freeze if cfg.freeze is not None else (cfg.optimize and device.type == "cpu")
+    from .backends import FREEZE_MAX_WEIGHT_BYTES
+
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    freeze = cfg.freeze if cfg.freeze is not None else (
+        cfg.optimize and device.type == "cpu" and weight_bytes <= FREEZE_MAX_WEIGHT_BYTES)
     mode = "compile" if cfg.compile else ("jit" if freeze else "eager")
     fast = optimize_for_inference(model.to(device), channels_last=cfg.channels_last, fold_bn=cfg.optimize,
                                   depthwise=None if cfg.optimize else False, fixed_size=True, mode=mode,
