@@ -157,6 +157,11 @@ def test_cli_convert_writes_a_self_describing_weights_file(pair, tmp_path, capsy
     np.testing.assert_array_equal(state["upscore.weight"].numpy(), pair.layers["upscore"][1][0])
     assert main(["convert", str(pair.path), "--list"]) == 0
     assert "conv2\tConvolution\t256x48x5x5, 256" in capsys.readouterr().out
+    # a net whose 3-channel input is HHA (NYUD) says so in its card: eval/predict feed it the HHA image
+    hha = tmp_path / "hha.safetensors"
+    assert main(["convert", str(pair.path), "--arch", "fcn32s_alexnet", "--out", str(hha), "--input-key", "hha"]) == 0
+    meta = load_weights(hha)[1]
+    assert meta["input_key"] == "hha" and meta["inputs"][0]["key"] == "hha"
 
 
 @pytest.mark.parametrize("pair", ["voc-fcn-alexnet"], indirect=True)

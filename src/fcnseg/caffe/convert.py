@@ -201,15 +201,16 @@ def convert_caffemodel(caffemodel: str | Path | Iterable[CaffeLayer], arch: str,
 
 
 def conversion_card(model: nn.Module, report: ConversionReport, normalization: str | None = None,
-                    class_names: list[str] | None = None) -> ModelCard:
+                    class_names: list[str] | None = None, input_key: str = "image") -> ModelCard:
     """The converted model's card: the Caffe preprocessing goes with Caffe weights; the Caffe
-    source is recorded as its provenance."""
+    source is recorded as its provenance. ``input_key``: the sample the net reads (``hha`` for
+    the reference NYUD HHA net, whose 3-channel input is an HHA image, not RGB)."""
     norm = get_normalization(normalization or getattr(model, "normalization", "caffe"))
     if class_names is not None and len(class_names) != report.num_classes:
         raise UserError(f"{len(class_names)} class names for {report.num_classes} classes")
     return ModelCard.for_net(
         model, model=report.arch, num_classes=report.num_classes, normalization=norm.name, trained=True,
-        class_names=list(class_names or []), options={},
+        class_names=list(class_names or []), options={}, input_key=input_key,
         provenance={
             "preprocessing": {"channel_order": "BGR" if norm.bgr else "RGB",
                               "pixel_range": "0..255" if norm.scale == 1 else f"0..{255 * norm.scale:g}",
@@ -225,14 +226,14 @@ VERIFY_TOLERANCE = 1e-4
 
 def convert_to_file(caffemodel: str | Path, arch: str, out: str | Path, num_classes: int | None = None, *,
                     normalization: str | None = None, class_names: list[str] | None = None,
-                    verify: str | Path | None = None) -> ConversionReport:
+                    verify: str | Path | None = None, input_key: str = "image") -> ConversionReport:
     """Convert and write an fcnseg weights file (safetensors + metadata).
 
     With ``verify`` (a net prototxt), the converted model must reproduce that net's
     scores on a random input (relative difference <= 1e-4) before anything is written.
     """
     model, report = convert_caffemodel(caffemodel, arch, num_classes)
-    card = conversion_card(model, report, normalization, class_names)
+    card = conversion_card(model, report, normalization, class_names, input_key)
     if verify is not None:
         report.verified = verify_against_prototxt(model, verify, caffemodel)
         if report.verified > VERIFY_TOLERANCE:

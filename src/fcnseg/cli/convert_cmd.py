@@ -23,6 +23,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--normalization", default=None,
                    help="input normalisation preset recorded in the file (default: the model's, 'caffe': "
                         "BGR, 0..255, minus the reference mean)")
+    p.add_argument("--input-key", default="image", choices=("image", "hha"),
+                   help="what the net reads: image (RGB), or hha for the reference NYUD HHA net (default: image)")
     p.add_argument("--class-names", type=Path, default=None,
                    help="text file with one class name per line, recorded in the weights file")
     p.add_argument("--verify", type=Path, default=None, metavar="PROTOTXT",
@@ -58,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--num-classes must be >= 1, got {args.num_classes}")
     names = _read_class_names(args.class_names) if args.class_names else None
     report = convert_to_file(args.caffemodel, args.model, args.out, args.num_classes,
-                             normalization=args.normalization, class_names=names, verify=args.verify)
+                             normalization=args.normalization, class_names=names, verify=args.verify,
+                             input_key=args.input_key)
     for line in report.lines():
         print(line)
     print(f"wrote {args.out}")
