@@ -7,7 +7,7 @@
 #          two other drives for EPOCHS epochs, scored on the held-out drive (its last validation
 #          row: the final weights, never a best-of-fold pick) and on CamVid val (`fcnseg eval`).
 #            device run(command="bash scripts/gpu_camvid_sweep.sh sweep", carry=["gpu-carry"], timeout_s=590)
-#          env: FOLDS ("0006R0 0001TP"), VARIANTS ("ref lite2 no-scale-aug scale-wide ohem lovasz"),
+#          env: FOLDS ("0006R0 0001TP"), VARIANTS ("ref photometric lite2 scale-wide ohem lovasz"),
 #               EPOCHS (20), BUDGET_S (500: no run starts after this many seconds)
 #   final: stage 1 of configs/camvid-fcn8s-lite0.yaml with MODEL (fcn8s_lite0) and RECIPE (extra
 #          stage-1 train options) on SPLIT (trainval), EPOCHS (120) epochs, then the full-resolution
@@ -47,7 +47,7 @@ eval_val() {  # weights -> JSON scores on CamVid val (per drive)
 if [[ $mode == sweep ]]; then
   : > "$out/sweep.jsonl"
   for fold in ${FOLDS:-0006R0 0001TP}; do
-    for variant in ${VARIANTS:-ref lite2 no-scale-aug scale-wide ohem lovasz}; do
+    for variant in ${VARIANTS:-ref photometric lite2 scale-wide ohem lovasz}; do
       if (( SECONDS - start > ${BUDGET_S:-500} )); then
         echo "{\"fold\": \"$fold\", \"variant\": \"$variant\", \"skipped\": \"time budget\"}" >> "$out/sweep.jsonl"
         continue
