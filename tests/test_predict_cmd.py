@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,7 +77,9 @@ def test_folder_outputs_keep_structure_and_match_the_api(weights, images, tmp_pa
     out = tmp_path / "out"
     rc = main(["predict", str(images), "--model", str(weights), "--out", str(out), "--overlay", "--probs",
                "--batch-size", "2"])
-    assert rc == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert re.search(r"wrote 3 label map\(s\) to .* in [0-9.]+ s, [0-9.]+ images/s", err), err
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert written == ["a.png", "a_overlay.png", "a_probs.npy", "b.png", "b_overlay.png", "b_probs.npy",
                        "sub/c.png", "sub/c_overlay.png", "sub/c_probs.npy"]

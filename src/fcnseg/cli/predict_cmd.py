@@ -129,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         msg = f"fcnseg predict: wrote {result.total_written} label map(s) to {out}"
         if result.processes > 1:
             msg += f" ({result.processes} processes)"
+        if result.total_written:
+            msg += f" in {result.seconds:.1f} s, {result.images_per_second:.1f} images/s"
         if result.total_failed:
             msg += f"; {result.total_failed} image(s) failed"
         print(msg, file=sys.stderr)

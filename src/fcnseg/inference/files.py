@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -49,6 +50,12 @@ class FilesResult:
     total_written: int = 0
     total_failed: int = 0
     processes: int = 1
+    seconds: float = 0.0  # wall time of this process's run_jobs (reading, segmenting, writing)
+
+    @property
+    def images_per_second(self) -> float:
+        """Label maps written per second of wall time, all processes together."""
+        return self.total_written / self.seconds if self.seconds > 0 else 0.0
 
 
 def check_out_dir(out: str | Path, option: str = "--out") -> Path:
@@ -207,6 +214,7 @@ def run_jobs(model, jobs: Sequence[Job], out: Path, *, overlay: bool = False, al
         except UserError as exc:
             return None, exc
 
+    start = time.perf_counter()
     chunks = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
     pending: list[tuple[Path, Future]] = []
     try:
@@ -238,6 +246,7 @@ def run_jobs(model, jobs: Sequence[Job], out: Path, *, overlay: bool = False, al
                 finish(p, fut)
     finally:
         bar.close()
+    result.seconds = time.perf_counter() - start
     result.total_written, result.total_failed = len(result.written), len(result.failed)
     if sharded:  # every process's counts: one summary, the same exit status everywhere
         result.total_written, result.total_failed = shard.sum(result.total_written, result.total_failed)
