@@ -374,7 +374,7 @@ def test_config_base_inheritance(tmp_path):
 def test_ohem_and_lovasz_train_and_change_the_trajectory(data_root, tmp_path):
     """The loss options reach the engine: runs finish, are saved in the run's config, and
     differ from plain cross-entropy."""
-    common = dict(epochs=3, val_every=3, optimizer="adamw", lr=0.002, flip=False)
+    common = dict(epochs=2, val_every=2, optimizer="adamw", lr=0.002, flip=False)
     states = {}
     for name, over in {"ce": {}, "ohem": {"ohem_keep": 0.3}, "lovasz": {"lovasz_weight": 1.0}}.items():
         run = tmp_path / name
