@@ -10,6 +10,10 @@ from torch import nn
 # Tests compare against exact fp32 results; precision="auto" (which measures this machine) is
 # tested explicitly in test_choice.py / test_precision.py with this variable removed.
 os.environ.setdefault("FCNSEG_PRECISION", "fp32")
+# The CPU default path's frozen per-shape graphs cost a trace per new shape, which many short
+# tests would each pay (~40 % of the inference tests' time); tests/test_fast.py tests them with
+# this variable set to 1.
+os.environ.setdefault("FCNSEG_FREEZE", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -264,9 +264,14 @@ def test_a_net_that_cannot_be_traced_runs_eagerly(capsys):
     assert "running eagerly" in capsys.readouterr().err
 
 
-def test_cpu_default_backend_runs_frozen_graphs(lite0):
+def test_cpu_default_backend_runs_frozen_graphs(lite0, monkeypatch):
     from fcnseg.runtime.backends import TorchBackend
 
+    monkeypatch.setenv("FCNSEG_FREEZE", "0")  # the switch users have: no frozen graphs
+    backend = TorchBackend(lite0, torch.device("cpu"))
+    backend(torch.randn(1, 3, 32, 32))
+    assert not isinstance(backend.runner.net, ShapeFrozen)
+    monkeypatch.setenv("FCNSEG_FREEZE", "1")
     backend = TorchBackend(lite0, torch.device("cpu"))
     x = torch.randn(1, 3, 48, 64)
     outs = [backend(x) for _ in range(3)]

@@ -12,6 +12,7 @@ output ``logits`` or one output per head, dynamic ``N, H, W``).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,14 @@ __all__ = ["TorchBackend", "OnnxBackend", "resolve_device"]
 
 #: Largest net (bytes of parameters) the CPU default path runs through frozen per-shape graphs.
 FREEZE_MAX_WEIGHT_BYTES = 256 * 2 ** 20
+
+
+def freeze_by_default(net: nn.Module, device: torch.device) -> bool:
+    """Whether the default path runs ``net`` through frozen per-shape graphs on ``device``: on the
+    CPU, for nets up to :data:`FREEZE_MAX_WEIGHT_BYTES`, unless ``FCNSEG_FREEZE=0`` is set."""
+    if os.environ.get("FCNSEG_FREEZE", "1").strip() == "0" or device.type != "cpu":
+        return False
+    return sum(p.numel() * p.element_size() for p in net.parameters()) <= FREEZE_MAX_WEIGHT_BYTES
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -85,8 +94,7 @@ class TorchBackend:
                 # for nets whose per-layer overheads matter (Lite0: 6-16 % faster end to end); not for
                 # VGG-size nets, which are GEMM-bound (no gain measured) and whose weight copy per graph
                 # would cost ~0.5 GB each.
-                weight_bytes = sum(p.numel() * p.element_size() for p in self.net.parameters())
-                mode = "jit" if self.device.type == "cpu" and weight_bytes <= FREEZE_MAX_WEIGHT_BYTES else "eager"
+                mode = "jit" if freeze_by_default(self.net, self.device) else "eager"
                 self._fast = optimize_for_inference(self.net, mode=mode, dtype=self.precision,
                                                     fixed_size=self.fixed_size)
             else:  # the plain module, in another precision

@@ -255,11 +255,9 @@ def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, th
         return fast, fast.method + ", fp32", False
     if cfg.dtype == "fp16" and device.type == "cpu":
         raise UserError("dtype fp16 is for device cuda; on the CPU use bf16 or int8")
-    from .backends import FREEZE_MAX_WEIGHT_BYTES
+    from .backends import freeze_by_default
 
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    freeze = cfg.freeze if cfg.freeze is not None else (
-        cfg.optimize and device.type == "cpu" and weight_bytes <= FREEZE_MAX_WEIGHT_BYTES)
+    freeze = cfg.freeze if cfg.freeze is not None else (cfg.optimize and freeze_by_default(model, device))
     mode = "compile" if cfg.compile else ("jit" if freeze else "eager")
     fast = optimize_for_inference(model.to(device), channels_last=cfg.channels_last, fold_bn=cfg.optimize,
                                   depthwise=None if cfg.optimize else False, fixed_size=True, mode=mode,
