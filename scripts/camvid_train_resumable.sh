@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 fcnseg=${FCNSEG:-fcnseg}
 for cfg in "$1" "$2"; do
-  run=$(python3 -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['run_dir'])" "$cfg")
+  run=$(${PYTHON:-python3} -c "import sys; from fcnseg.training import load_config; print(load_config(sys.argv[1]).run_dir)" "$cfg")
   if [[ -f $run/final.safetensors ]]; then
     echo "$cfg: done ($run/final.safetensors)"; continue
   elif [[ -f $run/last.pt ]]; then
