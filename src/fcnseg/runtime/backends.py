@@ -32,7 +32,9 @@ def freeze_by_default(net: nn.Module, device: torch.device) -> bool:
     CPU, for nets up to :data:`FREEZE_MAX_WEIGHT_BYTES`, unless ``FCNSEG_FREEZE=0`` is set."""
     if os.environ.get("FCNSEG_FREEZE", "1").strip() == "0" or device.type != "cpu":
         return False
-    return sum(p.numel() * p.element_size() for p in net.parameters()) <= FREEZE_MAX_WEIGHT_BYTES
+    from .memory import param_bytes
+
+    return param_bytes(net) <= FREEZE_MAX_WEIGHT_BYTES
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -233,7 +233,9 @@ class ShapeFrozen(nn.Module):
         self.rtol = rtol
         self.trace_after = trace_after
         self._seen: Counter[tuple] = Counter()
-        n_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+        from .memory import param_bytes
+
+        n_bytes = param_bytes(net)
         # a copy of the weights per graph: up to 8 for small nets, fewer for VGG-size ones (~1 GB in all)
         self.max_graphs = max_graphs or max(1, min(8, int(1e9 // max(n_bytes, 1))))
         self._graphs: OrderedDict[tuple, Any] = OrderedDict()

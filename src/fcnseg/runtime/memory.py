@@ -38,6 +38,11 @@ def available_bytes(device: torch.device | str = "cpu") -> int | None:
     return None
 
 
+def param_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s parameters (what each extra copy of its weights costs)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def forward_bytes(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> int:
     """Estimated peak bytes of one inference forward of ``model`` on an input of ``shape``."""
     elem = torch.empty((), dtype=dtype).element_size()
