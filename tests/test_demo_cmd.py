@@ -8,12 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
+import fcnseg.shipped as shipped_mod
 from fcnseg.cli import demo_cmd
 from fcnseg.cli.main import main
 from fcnseg.imageio import read_label_png
-from fcnseg.inference import loader as loader_mod
 from fcnseg.inference import shipped_weights_path
 from fcnseg.models import get_model
+from fcnseg.shipped import DEFAULT_MODEL
 from fcnseg.weights import save_weights
 
 SAMPLES = Path(demo_cmd.__file__).resolve().parent.parent / "samples" / "camvid"
@@ -103,11 +104,11 @@ def test_demo_scores_are_the_confusion_matrix_of_the_predictions(demo_run):
 
 
 def test_missing_shipped_model_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(loader_mod, "WEIGHTS_DIR", tmp_path)  # an installation without the weights
+    monkeypatch.setattr(shipped_mod, "WEIGHTS_DIR", tmp_path)  # an installation without the weights
     assert main(["demo", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "shipped model 'camvid-fcn8s-lite0' is not installed" in err
+    assert f"shipped model '{DEFAULT_MODEL}' is not installed" in err
     assert not (tmp_path / "o" / "demo.png").exists()
 
 
@@ -119,8 +120,8 @@ def test_demo_refuses_untrained_and_wrong_models(tmp_path, capsys):
     assert "CamVid (11 classes) but the model has 21" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not shipped_weights_path("camvid-fcn8s-lite0").is_file(),
-                    reason="the shipped camvid-fcn8s-lite0 weights are not in this checkout")
+@pytest.mark.skipif(not shipped_weights_path(DEFAULT_MODEL).is_file(),
+                    reason="the shipped default model's weights are not in this checkout")
 def test_real_demo(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out

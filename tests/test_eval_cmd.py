@@ -18,6 +18,7 @@ from conftest import SHARED  # noqa: E402
 from fcnseg.cli.main import main
 from fcnseg.data import get_dataset
 from fcnseg.evaluate import evaluate
+from fcnseg.shipped import DEFAULT_MODEL
 
 CAMVID = SHARED / "data" / "camvid"
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data folder not found at {SHARED}")
@@ -307,3 +308,12 @@ def test_eval_under_torchrun_equals_one_process(small_camvid, tmp_path, capsys):
     assert ca.sum() == cb.sum() > 0
     # the same images scored (frozen graphs may flip a near-tie pixel: rounding only)
     assert np.abs(ca - cb).sum() <= 1e-4 * ca.sum() and abs(a["mean_iou"] - b["mean_iou"]) < 1e-3
+
+
+def test_eval_defaults_to_the_shipped_default_model(small_camvid, tmp_path):
+    """No --model (and no --dataset): the shipped default model, on the data set its weights record."""
+    out = tmp_path / "r.json"
+    assert main(["eval", "--root", str(small_camvid), "--split", "val", "--limit", "1", "--quiet",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["model"] == DEFAULT_MODEL and r["dataset"] == "camvid" and r["images"] == 1

@@ -11,9 +11,9 @@ from PIL import Image
 from torch import nn
 
 import fcnseg
+import fcnseg.shipped as shipped_mod
 from fcnseg.errors import UserError
 from fcnseg.inference import TTA, Segmenter, UntrainedModelWarning, load_model, parse_tta
-from fcnseg.inference import loader as loader_mod
 from fcnseg.inference.loader import ModelInfo
 from fcnseg.inference.tiling import dependency_radius, plan_tiles
 from fcnseg.models import get_model
@@ -111,7 +111,7 @@ def test_load_from_weights_file(model, weights_file):
 
 def test_load_shipped_name(weights_file, monkeypatch, tmp_path):
     (tmp_path / "my-shipped.safetensors").write_bytes(weights_file.read_bytes())
-    monkeypatch.setattr(loader_mod, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(shipped_mod, "WEIGHTS_DIR", tmp_path)
     assert fcnseg.inference.list_shipped_models() == ["my-shipped"]
     m = fcnseg.load_model("my-shipped")
     assert m.name == "my-shipped" and m.trained and m.num_classes == 11

@@ -15,9 +15,9 @@ import warnings
 from pathlib import Path
 
 from ..errors import UserError
+from ..shipped import DEFAULT_MODEL
 from .common import add_device, add_precision
 
-DEFAULT_MODEL = "camvid-fcn8s-lite0"
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "camvid"
 VOID = 11
 

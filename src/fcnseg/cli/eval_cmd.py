@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..shipped import DEFAULT_MODEL
 from .common import add_batch_size, add_device, add_json, add_precision, check_json_path, emit_json
 
 
@@ -17,9 +18,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Evaluate a model over a whole split and print the four FCN metrics and per-class "
                     "IoU / accuracy (reference score.py semantics: one confusion matrix over the split, "
                     "ignore label 255 excluded, classes absent from ground truth and prediction left out).")
-    p.add_argument("--model", required=True, metavar="NAME_OR_FILE",
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL, metavar="NAME_OR_FILE",
                    help="a shipped model name, a registered architecture (untrained!), a weights file "
-                        "(.safetensors) or a training checkpoint (.pt), resolved as by fcnseg.load_model")
+                        "(.safetensors) or a training checkpoint (.pt), resolved as by fcnseg.load_model "
+                        f"(default: {DEFAULT_MODEL})")
     p.add_argument("--dataset", default=None,
                    help="camvid, voc, sbd, pascal-context, nyud, siftflow or folder "
                         "(default: the data set recorded in the weights)")

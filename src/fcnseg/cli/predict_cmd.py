@@ -12,9 +12,8 @@ import warnings
 from pathlib import Path
 
 from ..errors import UserError
+from ..shipped import DEFAULT_MODEL
 from .common import add_batch_size, add_device, add_precision
-
-DEFAULT_MODEL = "camvid-fcn8s-lite0"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -27,31 +27,20 @@ from torch import nn
 
 from ..card import ModelCard
 from ..errors import UserError
+from ..shipped import DEFAULT_MODEL, list_shipped_models, shipped_weights_path
 from .info import ModelInfo
 from .predictor import Segmenter
 
-__all__ = ["ModelInfo", "UntrainedModelWarning", "load_model", "load_net", "list_shipped_models",
-           "shipped_weights_path"]
+__all__ = ["DEFAULT_MODEL", "ModelInfo", "UntrainedModelWarning", "load_model", "load_net",
+           "list_shipped_models", "shipped_weights_path"]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 #: build options that only matter for training and must not be replayed at inference
 _TRAINING_ONLY_OPTIONS = ("pretrained_backbone",)
 
 
 class UntrainedModelWarning(UserWarning):
     """A model was built without trained weights."""
-
-
-def list_shipped_models() -> list[str]:
-    """Names of the trained models shipped inside the package (``fcnseg/weights/*.safetensors``)."""
-    if not WEIGHTS_DIR.is_dir():
-        return []
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
-
-
-def shipped_weights_path(name: str) -> Path:
-    return WEIGHTS_DIR / f"{name}.safetensors"
 
 
 # --------------------------------------------------------------------------- metadata -> card
