@@ -288,10 +288,14 @@ def test_eval_precision_fp32_by_default_and_bf16_on_request(small_camvid, tmp_pa
 
 
 def test_eval_under_torchrun_equals_one_process(small_camvid, tmp_path, capsys):
-    """2 CPU processes (gloo): each scores every 2nd image, the matrices are summed, rank 0 reports."""
+    """2 CPU processes (gloo): each scores every 2nd image, the matrices are summed, rank 0 reports,
+    naming the file the other rank skipped."""
+    (small_camvid / "val" / "broken.png").write_bytes(b"not a png")  # the 4th image: rank 1's
+    with (small_camvid / "val.txt").open("a") as f:
+        f.write("val/broken.png valannot/broken.png\n")
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     args = ["eval", "--model", "camvid-fcn8s-lite0", "--root", str(small_camvid), "--split", "val",
-            "--quiet", "--device", "cpu", "--precision", "fp32"]
+            "--quiet", "--device", "cpu", "--precision", "fp32", "--skip-bad"]
     assert main([*args, "--json", str(one)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -304,6 +308,8 @@ def test_eval_under_torchrun_equals_one_process(small_camvid, tmp_path, capsys):
     assert run.stdout.count("mean IoU") == 1 and "3 images" in run.stdout  # one report, all images
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert a["images"] == b["images"] == 3
+    assert a["skipped_files"] == b["skipped_files"] and len(a["skipped_files"]) == 1
+    assert "broken.png" in b["skipped_files"][0]
     ca, cb = np.array(a["confusion"]), np.array(b["confusion"])
     assert ca.sum() == cb.sum() > 0
     # the same images scored (frozen graphs may flip a near-tie pixel: rounding only)

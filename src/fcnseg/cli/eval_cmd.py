@@ -153,10 +153,10 @@ def _run(args: argparse.Namespace, device: Any, json_path: Path | None, tta: Any
                           batch_size=args.batch_size, num_workers=args.workers, skip_bad=args.skip_bad,
                           amp=args.amp, limit=args.limit, tta=tta, per_sequence=args.per_sequence, card=card)
     if shard.active:  # every rank's image counts added up; the matrices already are
-        result.num_images, n_skipped = shard.sum(result.num_images, len(result.skipped))
+        (result.num_images,) = shard.sum(result.num_images)
+        result.skipped = shard.gather(result.skipped)  # the files each rank skipped, by name
         if shard.rank != 0:
             return 0
-        result.skipped = result.skipped + ["(skipped on another process)"] * (n_skipped - len(result.skipped))
     total = result.num_images + len(result.skipped)
     if result.num_images == 0:
         raise UserError(f"all {total} images of {dataset_name} {args.split} were bad; nothing to score")

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -64,6 +64,17 @@ class Shard:
         t = torch.tensor(counts, dtype=torch.int64)
         dist.all_reduce(t)
         return tuple(int(v) for v in t)
+
+    def gather(self, items: list[Any]) -> list[Any]:
+        """Every rank's list joined in rank order (picklable items; each rank gets the whole list)."""
+        if not self.active:
+            return list(items)
+        import torch.distributed as dist
+
+        self.init()
+        parts: list[Any] = [None] * self.world
+        dist.all_gather_object(parts, list(items))
+        return [x for part in parts for x in part]
 
     def close(self) -> None:
         import torch.distributed as dist

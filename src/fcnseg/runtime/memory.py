@@ -56,7 +56,7 @@ def forward_bytes(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype =
                 largest.sort(reverse=True)
                 del largest[2:]
 
-    weights = sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
+    weights = param_bytes(model) + sum(t.numel() * t.element_size() for t in model.buffers())
     inputs = elem
     for n in shape:
         inputs *= n
