@@ -346,7 +346,10 @@ def test_tile_plan_rounds_to_the_stride(model):
 
     tight = copy.copy(model)
     tight.memory_budget = int(model.bytes_per_pixel * 2000 * 2000)
-    assert tight.tile_grid(3000, 3000).tile == (2000 - 2 * 480) // 32 * 32
+    g = tight.tile_grid(3000, 3000)
+    windows = [(wy.stop - wy.start) * (wx.stop - wx.start) for wy, wx, _, _ in g]
+    assert max(windows) <= 2000 * 2000 and g.computed_pixels == sum(windows)
+    assert g.computed_pixels < plan_tiles(3000, 3000, (2000 - 2 * 480) // 32 * 32, None, 456, 32, 912).computed_pixels
     g = plan_tiles(100, 100, 50, overlap=None, radius=None, stride=32)
     assert g.tile == 64 and g.margin == 32  # unknown geometry: a documented tile/4 margin
 
@@ -615,12 +618,14 @@ def test_auto_tiles_from_the_memory_budget(model):
     tight.memory_budget = int(bpp * 96 * 1500 * 0.9)
     grid = tight.tile_grid(96, 1500)
     assert grid is not None and len(grid) >= 2 and grid.margin == model.tile_margin
-    assert grid.tile == auto_tile_size(96, 1500, bpp, tight.memory_budget, model.tile_margin, 32)
+    cores = auto_tile_size(96, 1500, bpp, tight.memory_budget, model.tile_margin, 32)
+    assert (grid.tile, grid.tile_cols) == cores and cores[0] >= 96  # strips: the short side stays whole
     lab, prob = tight.predict(img, return_probs=True)
     ref_lab, ref_prob = model.predict(img, return_probs=True, tile=0)
     np.testing.assert_allclose(prob, ref_prob, atol=1e-5)
     sure = decisive(ref_prob)
     np.testing.assert_array_equal(lab[sure], ref_lab[sure])
+    np.testing.assert_array_equal(model.predict(img, tile=grid.cores), lab)  # the planned cores, given explicitly
     # predict_batch stacks only as many images as the budget holds, with the same labels
     two = copy.copy(model)
     two.memory_budget = int(bpp * 96 * 128 * 2.5)
@@ -634,18 +639,26 @@ def test_auto_tile_size_shrinks_the_margin_share():
     from fcnseg.inference.tiling import TileGrid, auto_tile_size
 
     bpp, margin = 300.0, 480  # Lite0-like
-    assert auto_tile_size(1000, 1000, bpp, 10 ** 9, margin) == 0  # fits: whole image
+
+    def grid(n: int, cores: tuple[int, int]) -> TileGrid:
+        return TileGrid(n, n, cores[0], margin, 32, cores[1])
+
+    assert auto_tile_size(1000, 1000, bpp, 10 ** 9, margin) is None  # fits: whole image
     small = auto_tile_size(6000, 6000, bpp, 2 * 2 ** 30, margin)
     big = auto_tile_size(6000, 6000, bpp, 8 * 2 ** 30, margin)
-    assert 0 < small < big and big % 32 == 0 and small % 32 == 0
-    side = 2 * margin + big
-    assert side * side * bpp <= 8 * 2 ** 30  # the window fits the budget
-
-    def computed_share(tile: int, n: int = 6000) -> float:
-        grid = TileGrid(n, n, tile, margin)
-        spans = grid.spans(n, tile, margin)
-        return (sum(w1 - w0 for w0, w1, _, _ in spans) / n) ** 2
-
-    assert computed_share(big) < 1.5 < computed_share(1024)
+    assert all(c % 32 == 0 for c in (*small, *big))
+    share = {k: grid(6000, c).computed_pixels / 6000 ** 2 for k, c in (("small", small), ("big", big))}
+    assert share["big"] < share["small"] and share["big"] < 1.2
+    for budget, cores in ((2 * 2 ** 30, small), (8 * 2 ** 30, big)):
+        g = grid(6000, cores)
+        rows, cols = g.spans(6000, g.tile, margin), g.spans(6000, g.tile_cols, margin)
+        largest = max(w1 - w0 for w0, w1, _, _ in rows) * max(w1 - w0 for w0, w1, _, _ in cols)
+        assert largest * bpp <= budget  # every window fits the budget
+    # balanced cores: 10000 px cut in two halves (not 4352 + 4352 + 1296), edge windows with one margin
+    assert auto_tile_size(10000, 10000, 227.0, int(7.4e9), margin) == (5024, 5024)
+    # the least computed grid wins, even oblong: a wide strip image is cut across its long side only
+    h, w = auto_tile_size(2000, 40000, 300.0, 2 * 2 ** 30, margin)
+    assert h >= 2000 and w < 40000
     # a budget too small for even one margin's window still gives a usable (if costly) tile
-    assert auto_tile_size(6000, 6000, bpp, 10 ** 6, margin) >= margin
+    assert min(auto_tile_size(6000, 6000, bpp, 10 ** 6, margin)) >= margin
+

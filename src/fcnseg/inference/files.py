@@ -304,10 +304,10 @@ def _segment(model, images, writer: _Writer, want_probs: bool, batch_size: int, 
             tiles = tqdm(total=len(grid), unit="tile", desc=f"  {p.name}", file=sys.stderr, disable=bar.disable,
                          leave=False, dynamic_ncols=True)
             try:
-                lab = model.predict(im, probs_out=probs, progress=tiles.update, tile=grid.tile)
+                lab = model.predict(im, probs_out=probs, progress=tiles.update, tile=grid.cores)
             finally:
                 tiles.close()
-            extra = {h: model.head(h).predict(im, tile=grid.tile) for h in model.heads if h != model.main_head}
+            extra = {h: model.head(h).predict(im, tile=grid.cores) for h in model.heads if h != model.main_head}
             if probs is not None:
                 probs.close()
                 os.replace(tmp, target)

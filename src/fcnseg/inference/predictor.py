@@ -42,6 +42,8 @@ AUTO_TILE_PIXELS = 2048 * 2048
 AUTO_TILE = 1024
 
 Image = Any  # a path, a PIL image or an H x W x 3 uint8 array
+#: ``tile=``: "auto", a core side in pixels, ``(rows, cols)`` of oblong cores, or 0 / None (whole image)
+TileSpec = int | str | tuple[int, int] | None
 
 
 class Segmenter:
@@ -66,7 +68,7 @@ class Segmenter:
     """
 
     def __init__(self, runner: Callable[[Tensor], Tensor], info: ModelInfo, geometry_net: nn.Module | None = None,
-                 tile: int | str | None = "auto", overlap: int | None = None, tta: Any = None) -> None:
+                 tile: TileSpec = "auto", overlap: int | None = None, tta: Any = None) -> None:
         self._run = runner
         self.info = info
         self.card = info.card
@@ -107,11 +109,16 @@ class Segmenter:
 
     # ------------------------------------------------------------------ options
     @staticmethod
-    def _check_tile(tile: int | str | None) -> int | str:
+    def _check_tile(tile: int | str | tuple[int, int] | None) -> int | str | tuple[int, int]:
         if tile is None or tile is False:
             return 0
         if tile == "auto":
             return "auto"
+        if isinstance(tile, tuple) and len(tile) == 2:  # oblong cores (rows, cols), as tile_grid plans
+            sides = tuple(Segmenter._check_tile(t) for t in tile)
+            if not all(isinstance(t, int) and t > 0 for t in sides):
+                raise UserError(f"tile (rows, cols) must be two sizes > 0, got {tile!r}")
+            return sides  # type: ignore[return-value]
         try:
             t = int(tile)
         except (TypeError, ValueError):
@@ -127,7 +134,7 @@ class Segmenter:
             return None
         return plan_tiles(1, 1, self._stride, None, self._radius, self._stride, self.receptive_field).margin
 
-    def tile_grid(self, height: int, width: int, tile: int | str | None = None,
+    def tile_grid(self, height: int, width: int, tile: TileSpec = None,
                   overlap: int | None = None) -> TileGrid | None:
         """The tiling used for an ``height x width`` image (None: the whole image in one pass)."""
         t = self.tile if tile is None else self._check_tile(tile)
@@ -139,13 +146,15 @@ class Segmenter:
                 t = AUTO_TILE
             else:
                 budget = self.memory_budget if self.memory_budget is not None else memory_budget(self.device)
-                t = auto_tile_size(height, width, bpp, budget, self.tile_margin or 0, self._stride)
-                if not t:
+                cores = auto_tile_size(height, width, bpp, budget, self.tile_margin or 0, self._stride)
+                if cores is None:
                     return None
+                t = cores
         if not t:
             return None
         ov = self.overlap if overlap is None else overlap
-        grid = plan_tiles(height, width, int(t), ov, self._radius, self._stride, self.receptive_field)
+        grid = plan_tiles(height, width, t if isinstance(t, tuple) else int(t), ov, self._radius, self._stride,
+                          self.receptive_field)
         return None if len(grid) <= 1 or grid.trivial else grid
 
     @property
@@ -153,7 +162,8 @@ class Segmenter:
         """Estimated working memory of a whole-image forward per pixel (torch backend; None for ONNX)."""
         if self._bpp is None and self.net is not None and not self.modalities:
             try:
-                self._bpp = bytes_per_pixel(self.net, max(self.num_classes, *self.heads.values(), 1))
+                self._bpp = bytes_per_pixel(self.net, max(self.num_classes, *self.heads.values(), 1),
+                                            folded_bn=bool(getattr(self._run, "optimize", False)))
             except Exception:  # an estimate for choosing tiles; never fail over it
                 self._bpp = None
         return self._bpp
@@ -204,7 +214,7 @@ class Segmenter:
                             f"data with {' and '.join(extra)} (fcnseg eval --dataset nyud), or call "
                             f"segmenter.net({{{', '.join(repr(m) + ': ...' for m in self.modalities)}}}) in Python")
 
-    def predict_heads(self, image: Image, return_probs: bool = False, *, tile: int | str | None = None,
+    def predict_heads(self, image: Image, return_probs: bool = False, *, tile: TileSpec = None,
                       overlap: int | None = None, tta: Any = None) -> dict[str, Any]:
         """Every head's result for one image, main head first: ``{head: labels}`` (or
         ``{head: (labels, probs)}``). A one-head model gives ``{"main": ...}``.
@@ -277,7 +287,7 @@ class Segmenter:
         return labels.to(torch.uint8 if self.label_dtype == np.uint8 else torch.int32).cpu().numpy()
 
     # ------------------------------------------------------------------ public API
-    def predict(self, image: Image, return_probs: bool = False, *, tile: int | str | None = None,
+    def predict(self, image: Image, return_probs: bool = False, *, tile: TileSpec = None,
                 overlap: int | None = None, tta: Any = None,
                 probs_out: np.ndarray | None = None,
                 progress: Callable[[int], None] | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -336,7 +346,7 @@ class Segmenter:
     __call__ = predict
 
     def predict_batch(self, images: Sequence[Image], batch_size: int = 4, return_probs: bool = False, *,
-                      tile: int | str | None = None, overlap: int | None = None,
+                      tile: TileSpec = None, overlap: int | None = None,
                       tta: Any = None) -> list[np.ndarray] | list[tuple[np.ndarray, np.ndarray]]:
         """Segment many images of any sizes; results in input order.
 

@@ -106,6 +106,18 @@ class TileGrid:
     tile: int
     margin: int
     stride: int = 32
+    #: the core width when it differs from the core height ``tile`` (None: square cores)
+    tile_w: int | None = None
+
+    @property
+    def cores(self) -> int | tuple[int, int]:
+        """The core size as ``tile=`` takes it: a side, or ``(rows, cols)``."""
+        return self.tile if self.tile_w is None else (self.tile, self.tile_w)
+
+    @property
+    def tile_cols(self) -> int:
+        """The core width (``tile`` unless the grid has oblong cores)."""
+        return self.tile if self.tile_w is None else self.tile_w
 
     @staticmethod
     def spans(length: int, tile: int, margin: int, stride: int = 32) -> list[tuple[int, int, int, int]]:
@@ -126,7 +138,7 @@ class TileGrid:
     def __iter__(self) -> Iterator[tuple[slice, slice, slice, slice]]:
         """Per tile: window rows, window cols, and the core's rows/cols *within* the window."""
         for wy0, wy1, cy0, cy1 in self.spans(self.height, self.tile, self.margin, self.stride):
-            for wx0, wx1, cx0, cx1 in self.spans(self.width, self.tile, self.margin, self.stride):
+            for wx0, wx1, cx0, cx1 in self.spans(self.width, self.tile_cols, self.margin, self.stride):
                 yield (slice(wy0, wy1), slice(wx0, wx1),
                        slice(cy0 - wy0, cy1 - wy0), slice(cx0 - wx0, cx1 - wx0))
 
@@ -134,29 +146,39 @@ class TileGrid:
     def trivial(self) -> bool:
         """True when every window is the whole image (tiling would only repeat the same pass)."""
         rows = self.spans(self.height, self.tile, self.margin, self.stride)
-        cols = self.spans(self.width, self.tile, self.margin, self.stride)
+        cols = self.spans(self.width, self.tile_cols, self.margin, self.stride)
         return all(w0 == 0 and w1 == self.height for w0, w1, _, _ in rows) \
             and all(w0 == 0 and w1 == self.width for w0, w1, _, _ in cols)
 
     def __len__(self) -> int:
         return len(self.spans(self.height, self.tile, self.margin, self.stride)) * len(
-            self.spans(self.width, self.tile, self.margin, self.stride))
+            self.spans(self.width, self.tile_cols, self.margin, self.stride))
+
+    @property
+    def computed_pixels(self) -> int:
+        """Pixels the windows compute in all (the image's own pixels plus every margin)."""
+        rows = self.spans(self.height, self.tile, self.margin, self.stride)
+        cols = self.spans(self.width, self.tile_cols, self.margin, self.stride)
+        return sum(w1 - w0 for w0, w1, _, _ in rows) * sum(w1 - w0 for w0, w1, _, _ in cols)
 
 
 def _round_up(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
-def plan_tiles(height: int, width: int, tile: int, overlap: int | None, radius: int | None,
+def plan_tiles(height: int, width: int, tile: int | tuple[int, int], overlap: int | None, radius: int | None,
                stride: int, receptive_field: int | None = None) -> TileGrid:
-    """Choose the grid: ``tile`` and ``margin`` rounded up to multiples of ``stride``.
+    """Choose the grid: ``tile`` (a side, or ``(rows, cols)`` of oblong cores) and ``margin``
+    rounded up to multiples of ``stride``.
 
     ``overlap=None``: margin = max(dependency radius, receptive field / 2) (exact);
     without model geometry, ``tile / 4`` (overlap tile / 2, not exact).
     """
-    if tile < 1:
-        raise ValueError(f"tile must be >= 1, got {tile}")
+    tile, tile_w = (tile, None) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
+    if tile < 1 or (tile_w is not None and tile_w < 1):
+        raise ValueError(f"tile must be >= 1, got {tile if tile_w is None else (tile, tile_w)}")
     tile = _round_up(int(tile), stride)
+    tile_w = None if tile_w is None or _round_up(tile_w, stride) == tile else _round_up(tile_w, stride)
     if overlap is None:
         if radius is None:
             margin = tile // 4
@@ -166,22 +188,27 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int | None, radius: 
         if overlap < 0:
             raise ValueError(f"overlap must be >= 0, got {overlap}")
         margin = math.ceil(overlap / 2)
-    return TileGrid(height, width, tile, _round_up(margin, stride), stride)
+    return TileGrid(height, width, tile, _round_up(margin, stride), stride, tile_w)
 
 
 # --------------------------------------------------------------------------- tile size from memory
-def bytes_per_pixel(net: nn.Module, num_classes: int, size: int = 128) -> float:
+def bytes_per_pixel(net: nn.Module, num_classes: int, size: int = 128, folded_bn: bool = False) -> float:
     """Working memory of one whole-image forward per input pixel, estimated from the layers.
 
     The largest pair of consecutive layer outputs (a layer's input and output are alive
     together) at a ``size x size`` fp32 input, per pixel, plus the full-resolution terms:
     the image (3 B), the normalised input (12 B), the logits and their arg-max / softmax
-    temporary (2 x 4 B per class) and the labels. Measured peak resident-set growth of the
-    shipped Lite0 on the CPU: 148-160 B/px from 0.26 to 4.2 MP; this estimate: 299 B/px (fp32, 11 classes).
+    temporary (2 x 4 B per class) and the labels. Layers that allocate nothing are left
+    out: in-place activations always, BatchNorm when ``folded_bn`` (the optimised copy
+    folds it into the convolution before it). Shipped Lite0, fp32, 11 classes: 299 B/px
+    for the plain net, 227 B/px folded; measured peak resident-set growth of the optimised
+    path on the CPU: 148-196 B/px from 0.26 to 16 MP (docs/performance.md).
     """
     outs: list[int] = []
 
-    def hook(_m: nn.Module, _i: object, out: object) -> None:
+    def hook(m: nn.Module, _i: object, out: object) -> None:
+        if getattr(m, "inplace", False) or (folded_bn and isinstance(m, nn.modules.batchnorm._BatchNorm)):
+            return
         t = out if isinstance(out, Tensor) else None
         outs.append(t.numel() * 4 if t is not None else 0)  # fp32 bytes, whatever precision runs
 
@@ -211,19 +238,50 @@ def memory_budget(device: torch.device | str = "cpu", fraction: float = 0.5) -> 
     return int((have if have is not None else 4 * 2 ** 30) * fraction)
 
 
-def auto_tile_size(height: int, width: int, bytes_per_px: float, budget: int, margin: int, stride: int = 32) -> int:
-    """The tile core for an ``height x width`` image: ``0`` (whole image) when it fits ``budget``.
+def _axis_cuts(length: int, margin: int, stride: int, min_core: int) -> list[tuple[int, int, int]]:
+    """Every way to cut one axis into balanced cores: ``(core, largest window, computed length)``.
 
-    Otherwise the largest core (a multiple of ``stride``) whose window, core plus
-    ``margin`` on each side, fits: the margin's share of the computed pixels shrinks as
-    the tiles grow (a 1024 core with Lite0's 480 margin computes 3.75x the pixels it
-    keeps; a 4096 core 1.5x). Never below ``max(margin, 2 * stride)``.
+    ``n`` equal cores (rounded up to the stride) for n = 1, 2, ...; the computed length is
+    ``length`` plus one margin per side of each cut, whatever the core size, so fewer cuts
+    always compute less; edge windows carry only their inner margin.
+    """
+    out: list[tuple[int, int, int]] = []
+    counts: set[int] = set()
+    for n in range(1, -(-length // min_core) + 2):
+        core = _round_up(-(-length // n), stride)
+        if n > 1 and core < min_core:
+            break
+        spans = TileGrid.spans(length, core, margin, stride)
+        if len(spans) in counts:
+            continue
+        counts.add(len(spans))
+        out.append((core, max(w1 - w0 for w0, w1, _, _ in spans), sum(w1 - w0 for w0, w1, _, _ in spans)))
+    return out
+
+
+def auto_tile_size(height: int, width: int, bytes_per_px: float, budget: int, margin: int,
+                   stride: int = 32) -> tuple[int, int] | None:
+    """The tile cores ``(rows, cols)`` for an ``height x width`` image: ``None`` (whole image)
+    when it fits ``budget``.
+
+    Otherwise the grid that computes the fewest pixels (image plus margins) among those
+    whose largest window fits the budget: cores need not be square (strips when one axis
+    fits whole), and the cores are balanced, so that a 10000-pixel side is cut into two
+    5000-pixel cores rather than 4352 + 4352 + 1296. Cores never go below
+    ``max(margin, 2 * stride)``; when even those windows do not fit, that smallest grid is used.
     """
     if height * width * bytes_per_px <= budget:
-        return 0
-    side = math.isqrt(int(budget / bytes_per_px))  # the largest square window that fits
-    core = (side - 2 * margin) // stride * stride
-    return max(core, _round_up(max(margin, 2 * stride), stride))
+        return None
+    min_core = _round_up(max(margin, 2 * stride), stride)
+    best: tuple[tuple[int, int], tuple[int, int]] | None = None
+    for core_h, win_h, sum_h in _axis_cuts(height, margin, stride, min_core):
+        for core_w, win_w, sum_w in _axis_cuts(width, margin, stride, min_core):
+            if win_h * win_w * bytes_per_px > budget:
+                continue
+            key = (sum_h * sum_w, -core_h * core_w)  # least computed, then fewest windows
+            if best is None or key < best[0]:
+                best = (key, (core_h, core_w))
+    return best[1] if best is not None else (min_core, min_core)
 
 
 def predict_tiled(image: np.ndarray, scores: Callable[[np.ndarray], Tensor], grid: TileGrid, num_classes: int,
