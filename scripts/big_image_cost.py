@@ -8,7 +8,8 @@ Each argument is a square side in pixels, optionally ``:TILE`` (a fixed tile cor
 available). The image is a shipped CamVid sample repeated to the size (real texture). Prints
 one JSON line per run: wall and CPU (``time.process_time``) seconds per megapixel, the tiling
 chosen, the peak RSS of the run and the load average. Run it with ``OMP_NUM_THREADS=1`` on a
-busy machine and compare each big image with the 1 MP runs next to it.
+busy machine and compare each big image with the 1 MP runs next to it (FCNSEG_FREEZE=0 keeps
+repeated sizes from running frozen graphs that one-off sizes do not get).
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def main(argv: list[str]) -> int:
         wall, cpu = time.perf_counter() - t, time.process_time() - c
         mp = h * w / 1e6
         print(json.dumps({"size": f"{h}x{w}", "mp": round(mp, 2), "s": round(wall, 2), "s_per_mp": round(wall / mp, 3),
-                          "cpu_s_per_mp": round(cpu / mp, 3), "tile": grid.tile if grid else 0,
+                          "cpu_s_per_mp": round(cpu / mp, 3), "cores": grid.cores if grid else 0,
                           "windows": len(grid) if grid else 1,
                           "budget_mb": (model.memory_budget or memory_budget()) // 2 ** 20,
                           "peak_rss_mb": round(_peak_rss_mb()), "load": os.getloadavg()[0],
