@@ -7,6 +7,7 @@
 #   VARIANT: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric
 #            | lite1 | lite2 (same recipe, stronger ImageNet trunk)
 #            | scale-wide (scales 0.5-2.0) | full-res (whole 360x480 images: no crop, no scaling) | ohem | lovasz
+#            | lite2-photometric (two ingredients: the recipe chosen for the shipped camvid-fcn8s-lite2)
 #
 # Held-out-sequence fold (docs/results.md): add e.g.
 #   --train-split train-minus-0006R0 --val-split train-only-0006R0 --run-dir runs/heldout-0006R0-VARIANT
@@ -15,8 +16,9 @@
 #   fcnseg train --resume runs/ablate-VARIANT
 # and read the result with `fcnseg plot` or the last "val" line of its log.jsonl.
 set -euo pipefail
-variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric | lite1 | lite2 | scale-wide | full-res | ohem | lovasz}
+variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric | lite1 | lite2 | scale-wide | full-res | ohem | lovasz | lite2-photometric}
 shift
+photometric='{brightness: 0.3, contrast: 0.3, saturation: 0.3, hue: 0.05, gamma: 0.3, blur_p: 0.2, blur_sigma: [0.5, 1.5]}'
 case "$variant" in
   ref)              change=() ;;
   ref-seed1)        change=(--seed 1) ;;
@@ -24,13 +26,14 @@ case "$variant" in
   no-scale-aug)     change=(--scale-range none) ;;
   bilinear-skip)    change=(--model-options '{learnable_upsampling: false}') ;;
   no-skip)          change=(--model fcn32s_lite0 --model-options '{}') ;;
-  photometric)      change=(--photometric '{brightness: 0.3, contrast: 0.3, saturation: 0.3, hue: 0.05, gamma: 0.3, blur_p: 0.2, blur_sigma: [0.5, 1.5]}') ;;
+  photometric)      change=(--photometric "$photometric") ;;
   lite1)            change=(--model fcn8s_lite1) ;;
   lite2)            change=(--model fcn8s_lite2) ;;
   scale-wide)       change=(--scale-range '[0.5, 2.0]') ;;
   full-res)         change=(--crop-size none --scale-range none) ;;
   ohem)             change=(--ohem-keep 0.3) ;;
   lovasz)           change=(--lovasz-weight 0.5) ;;
+  lite2-photometric) change=(--model fcn8s_lite2 --photometric "$photometric") ;;
   *) echo "unknown variant: $variant" >&2; exit 2 ;;
 esac
 exec ${FCNSEG:-fcnseg} train configs/camvid-fcn8s-lite0.yaml --epochs 10 --val-every 5 \
