@@ -15,10 +15,12 @@ from fcnseg.models.layers import Upscore
 from fcnseg.models.vgg import VGG16Trunk
 from fcnseg.preprocess import normalize
 from fcnseg.runtime.fast import (
+    ConvPointwise,
     ShapeFrozen,
     cpu_has_vnni,
     depthwise_upsampling,
     fold_batchnorm,
+    fuse_conv_activations,
     labels_from_logits,
     normalize_batch,
     optimize_for_inference,
@@ -73,6 +75,64 @@ def test_fold_leaves_a_bn_whose_conv_output_is_also_used_elsewhere():
             return self.bn(y) + y  # y is needed unnormalised too: folding would be wrong
 
     assert fold_batchnorm(Branchy().eval()) == 0
+
+
+def test_fuse_conv_activations_of_lite0_and_vgg(lite0):
+    """Every ReLU6 of Lite0 follows its own conv once the BNs are folded: all 33 fuse, the shared
+    ``act`` modules become Identity, and the logits are the unfused ones (fp32 and bf16)."""
+    net = copy.deepcopy(lite0)
+    fold_batchnorm(net)
+    assert fuse_conv_activations(net) == 33
+    assert sum(isinstance(m, ConvPointwise) for m in net.modules()) == 33
+    assert isinstance(net.backbone.act, nn.Identity)
+    assert all(isinstance(block.act, nn.Identity) for block in net.backbone._blocks)
+    assert_same_logits(lite0, net, tol=1e-5)
+    ref16 = copy.deepcopy(lite0).to(torch.bfloat16)
+    fold_batchnorm(ref16)
+    fused16 = copy.deepcopy(ref16)
+    assert fuse_conv_activations(fused16) == 33
+    x = torch.randn(1, 3, 48, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        assert max_rel(fused16(x), ref16(x)) < 2e-2
+    vgg = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3), nn.ReLU()).eval()
+    fused = copy.deepcopy(vgg)
+    assert fuse_conv_activations(fused) == 2 and isinstance(fused[0], ConvPointwise)
+    assert_same_logits(vgg, fused, tol=1e-6)
+
+
+def test_fusion_leaves_activations_that_do_not_only_follow_a_conv():
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+            self.act = nn.ReLU6()   # shared: once after a conv, once after an add
+            self.act2 = nn.ReLU()   # after a conv whose output is used twice
+
+        def forward(self, x):
+            y = self.act(self.a(x))
+            z = self.b(x)
+            return self.act(y + z) + self.act2(z) + z
+
+    m = Mixed().eval()
+    fused = copy.deepcopy(m)
+    assert fuse_conv_activations(fused) == 0
+    assert isinstance(fused.a, nn.Conv2d) and isinstance(fused.act, nn.ReLU6)
+    assert_same_logits(m, fused, tol=0)
+
+
+def test_fused_net_traces_and_freezes(lite0):
+    """The fused op's scalar list does not trace: under the tracer the pair runs unfused, and the
+    frozen per-shape graphs (the CPU default) still build and agree."""
+    fast = optimize_for_inference(lite0, mode="jit")
+    assert "33 conv+activation fused" in fast.method
+    shapes = [(1, 3, 37, 53)] * 2
+    for shape in shapes:
+        with torch.inference_mode():
+            x = torch.randn(*shape)
+            assert max_rel(fast(x), lite0(x)) < 1e-4
+    assert fast.net.traced_shapes == [(1, 3, 37, 53)]
+    plain = optimize_for_inference(lite0, fuse_activations=False)
+    assert "fused" not in plain.method and not any(isinstance(m, ConvPointwise) for m in plain.modules())
 
 
 def test_depthwise_upsampling_only_for_diagonal_layers(lite0):

@@ -147,6 +147,8 @@ class RewritePlan:
     channels_last: bool
     cudnn_benchmark: bool
     why: tuple[str, ...] = ()
+    #: conv + ReLU/ReLU6 as one oneDNN call in eager runs (:func:`fcnseg.runtime.fast.fuse_conv_activations`)
+    fuse_activations: bool = False
 
 
 def plan_rewrites(spec: DeviceSpec, *, fixed_size: bool = False) -> RewritePlan:
@@ -165,10 +167,12 @@ def plan_rewrites(spec: DeviceSpec, *, fixed_size: bool = False) -> RewritePlan:
                                        "off: input sizes vary, each new size would be autotuned")))
     if spec.type == "cpu":
         return RewritePlan(
-            depthwise=True, channels_last=True, cudnn_benchmark=False,
+            depthwise=True, channels_last=True, cudnn_benchmark=False, fuse_activations=True,
             why=("depthwise upsampling on the CPU: K times less arithmetic, oneDNN runs the "
                  "class-diagonal layer as a dense K x K one",
-                 "channels_last on the CPU: oneDNN's blocked kernels, no reorder per layer"))
+                 "channels_last on the CPU: oneDNN's blocked kernels, no reorder per layer",
+                 "conv + ReLU/ReLU6 fused on the CPU (eager runs): one pass over each activation "
+                 "instead of two (measured on the AMX Xeon, docs/performance.md)"))
     return RewritePlan(depthwise=False, channels_last=False, cudnn_benchmark=False,
                        why=(f"no rewrites measured on {spec.type}: the plain layout",))
 

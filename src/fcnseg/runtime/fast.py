@@ -11,6 +11,8 @@ What :func:`optimize_for_inference` does, each step exact up to float rounding:
   diagonal (class ``i`` upsamples into class ``i``); a diagonal layer is rewritten as a
   grouped (depthwise) one, which skips the ``K - 1`` zero filters per class (``K`` times less arithmetic). A learned,
   non-diagonal layer is left alone.
+* **conv + activation fusion** (CPU): a ReLU / ReLU6 that only follows a convolution (after
+  folding) runs inside it, one oneDNN call (:class:`ConvPointwise`), in eager runs.
 * **channels_last** (CPU and CUDA): weights and activations in NHWC, the layout oneDNN's CPU
   convolutions and cuDNN's tensor-core kernels want; the eager NCHW path reorders
   every layer's input and, for transposed convolutions, falls back to a slow kernel.
@@ -46,10 +48,9 @@ from ..errors import UserError
 from .choice import cpu_flags  # re-exported: fcnseg.runtime.fast.cpu_flags
 from .ort import onnx_session  # re-exported: fcnseg.runtime.fast.onnx_session
 
-__all__ = ["fold_batchnorm", "depthwise_upsampling", "optimize_for_inference", "FastModel", "ShapeFrozen",
-           "quantize_int8", "Int8Model", "onnx_session", "OnnxRunner", "cpu_has_vnni", "cpu_flags", "normalize_batch",
-           "labels_from_logits",
-           "DTYPES"]
+__all__ = ["fold_batchnorm", "fuse_conv_activations", "ConvPointwise", "depthwise_upsampling",
+           "optimize_for_inference", "FastModel", "ShapeFrozen", "quantize_int8", "Int8Model", "onnx_session",
+           "OnnxRunner", "cpu_has_vnni", "cpu_flags", "normalize_batch", "labels_from_logits", "DTYPES"]
 
 Mode = Literal["eager", "jit", "compile", "onnxruntime"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -109,6 +110,80 @@ def fold_batchnorm(model: nn.Module) -> int:
         _set(model, conv_path, fuse_conv_bn_eval(conv, bn))
         _set(model, bn_path, nn.Identity())
     return len(pairs)
+
+
+# --------------------------------------------------------------------------- conv + activation fusion
+#: activations oneDNN applies inside a convolution: module type -> (post-op name, its scalars)
+_POSTOPS: dict[type, Callable[[nn.Module], tuple[str, list[float]]]] = {
+    nn.ReLU: lambda m: ("relu", []),
+    nn.ReLU6: lambda m: ("hardtanh", [0.0, 6.0]),
+    nn.Hardtanh: lambda m: ("hardtanh", [float(m.min_val), float(m.max_val)]),
+}
+
+
+class ConvPointwise(nn.Module):
+    """A ``Conv2d`` and the activation after it as one oneDNN call (``mkldnn._convolution_pointwise``,
+    the op Inductor's CPU fusion emits): the activation is applied while the output is still in
+    cache instead of as a second pass over memory. CPU fp32 / bf16; elsewhere, and while traced
+    or compiled (the op's scalar list does not trace; TorchScript's freeze and Inductor fuse the
+    pair themselves), the convolution then the activation.
+    """
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+        self.act = act
+        self.attr, self.scalars = _POSTOPS[type(act)](act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.conv
+        if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or torch.jit.is_tracing()
+                or torch.jit.is_scripting() or torch.compiler.is_compiling()):
+            return self.act(c(x))
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, c.weight, c.bias, list(c.padding), list(c.stride), list(c.dilation), c.groups,
+            self.attr, self.scalars, "")
+
+
+def _fusable_conv(module: nn.Module, node: Any) -> str | None:
+    """The path of the plain ``Conv2d`` whose output reaches ``node`` only through ``Identity`` modules."""
+    while isinstance(node, torch.fx.Node) and node.op == "call_module" and len(node.users) == 1:
+        m = _get(module, node.target)
+        if isinstance(m, nn.Conv2d):
+            plain = m.padding_mode == "zeros" and isinstance(m.padding, tuple) and type(m) is nn.Conv2d
+            return node.target if plain else None
+        if not isinstance(m, nn.Identity):
+            return None
+        node = node.args[0] if node.args else None
+    return None
+
+
+def fuse_conv_activations(model: nn.Module, prefix: str = "") -> int:
+    """Fuse every ReLU / ReLU6 fed only by a convolution (through folded BatchNorms) into it, in place.
+
+    An activation module used several times (EfficientNet's shared ``act``) is fused only when
+    every use follows its own convolution; it then becomes ``nn.Identity``. Call after
+    :func:`fold_batchnorm`. Returns how many convolutions now carry their activation.
+    """
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:
+        return sum(fuse_conv_activations(child, f"{prefix}{name}.") for name, child in model.named_children())
+    uses: dict[str, list[str | None]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and type(_get(model, node.target)) in _POSTOPS:
+            uses.setdefault(node.target, []).append(_fusable_conv(model, node.args[0] if node.args else None))
+    convs = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    count = 0
+    for act_path, conv_paths in uses.items():
+        if any(c is None or convs[c] != 1 for c in conv_paths) or len(set(conv_paths)) != len(conv_paths):
+            continue
+        act = _get(model, act_path)
+        for conv_path in conv_paths:
+            _set(model, conv_path, ConvPointwise(_get(model, conv_path), act))
+        _set(model, act_path, nn.Identity())
+        count += len(conv_paths)
+    return count
 
 
 # --------------------------------------------------------------------------- depthwise upsampling
@@ -309,7 +384,8 @@ def _mismatch(out: Any, ref: Any, rtol: float) -> str | None:
 def optimize_for_inference(model: nn.Module, *, channels_last: bool | None = None, fold_bn: bool = True,
                            depthwise: bool | None = None, mode: Mode = "eager", dtype: str | torch.dtype = "fp32",
                            example_input: Tensor | None = None, inplace: bool = False,
-                           threads: int | None = None, fixed_size: bool = False) -> FastModel:
+                           threads: int | None = None, fixed_size: bool = False,
+                           fuse_activations: bool | None = None) -> FastModel:
     """An optimised copy of ``model`` for inference; its outputs equal the eager model's within rounding.
 
     Args:
@@ -320,6 +396,8 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool | None = Non
             CPU, not on CUDA, where cuDNN's grouped transposed convolution is slower).
         fixed_size: every call has the same input shape: on CUDA, ``cudnn.benchmark`` while
             the net runs.
+        fuse_activations: run each conv + ReLU/ReLU6 as one oneDNN call in eager runs (None: on
+            the CPU; :func:`fuse_conv_activations`).
         mode: ``eager`` (dynamic shapes, nothing compiled), ``jit`` (TorchScript freeze +
             ``torch.jit.optimize_for_inference``: oneDNN weight pre-packing and conv+ReLU
             fusion; one graph per input shape, each checked against eager, :class:`ShapeFrozen`) or ``compile``
@@ -357,6 +435,11 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool | None = Non
         n = depthwise_upsampling(net)
         if n:
             steps.append(f"{n} upsampling layer(s) depthwise")
+    fuse_activations = plan.fuse_activations if fuse_activations is None else fuse_activations
+    if fuse_activations and mode != "onnxruntime":
+        n = fuse_conv_activations(net)
+        if n:
+            steps.append(f"{n} conv+activation fused")
     if torch_dtype != torch.float32:
         net = net.to(torch_dtype)
         steps.append(f"{str(torch_dtype).replace('torch.', '')} weights+activations")
