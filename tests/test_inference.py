@@ -662,3 +662,16 @@ def test_auto_tile_size_shrinks_the_margin_share():
     # a budget too small for even one margin's window still gives a usable (if costly) tile
     assert min(auto_tile_size(6000, 6000, bpp, 10 ** 6, margin)) >= margin
 
+
+
+def test_the_cpu_fast_path_gets_channels_last_input_and_the_same_labels(weights_file):
+    """The optimised CPU net runs channels-last: images are normalised straight into that order
+    (single images and batches), with the labels of the plain module."""
+    fast, plain = load_model(weights_file), load_model(weights_file, optimize=False)
+    assert fast._channels_last and not plain._channels_last
+    imgs = [image(40, 56, seed=s) for s in range(2)]
+    assert fast._batch_tensor(imgs[:1]).is_contiguous(memory_format=torch.channels_last)
+    assert fast._batch_tensor(imgs).is_contiguous(memory_format=torch.channels_last)
+    assert plain._batch_tensor(imgs).is_contiguous()
+    for a, b in zip(fast.predict_batch(imgs), plain.predict_batch(imgs)):
+        assert (a == b).mean() > 0.999

@@ -63,3 +63,11 @@ def test_dataset_reference_means_are_named_presets():
 
     assert get_normalization("caffe-nyud").mean == NYUD
     assert get_normalization("caffe-siftflow").mean == SIFT
+
+
+def test_channels_last_normalisation_is_the_same_numbers_without_a_layout_copy():
+    img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    for preset in ("imagenet", "caffe"):
+        cl, plain = normalize(img, preset, channels_last=True), normalize(img, preset)
+        assert torch.equal(cl, plain) and plain.is_contiguous()
+        assert cl.unsqueeze(0).is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()

@@ -42,11 +42,14 @@ def get_normalization(name: str | Normalization) -> Normalization:
         raise UserError(f"unknown normalization {name!r}; expected one of: {', '.join(PRESETS)}") from None
 
 
-def normalize(image: np.ndarray | Tensor, preset: str | Normalization = "imagenet") -> Tensor:
+def normalize(image: np.ndarray | Tensor, preset: str | Normalization = "imagenet", *,
+              channels_last: bool = False) -> Tensor:
     """RGB uint8 ``H x W x 3`` (array or tensor) -> float32 ``3 x H x W`` tensor for the net.
 
     The result is on the input's device (a CUDA tensor stays on its GPU). One pass: channel flip,
-    scale, mean and std are folded into a single multiply-add.
+    scale, mean and std are folded into a single multiply-add. ``channels_last``: keep the
+    image's pixel-interleaved memory order (``unsqueeze(0)`` of it is a channels-last batch), for
+    a net that runs channels-last: no layout copy here and none before the first layer.
     """
     norm = get_normalization(preset)
     if isinstance(image, np.ndarray):
@@ -63,7 +66,8 @@ def normalize(image: np.ndarray | Tensor, preset: str | Normalization = "imagene
     mul = torch.tensor([norm.scale / s for s in norm.std], dtype=torch.float32, device=t.device).view(3, 1, 1)
     add = torch.tensor([-m / s for m, s in zip(norm.mean, norm.std)], dtype=torch.float32,
                        device=t.device).view(3, 1, 1)
-    return torch.addcmul(add, t.to(torch.float32), mul).contiguous()
+    out = torch.addcmul(add, t.to(torch.float32), mul)  # in the image's H x W x 3 memory order
+    return out if channels_last else out.contiguous()
 
 
 def denormalize(tensor: Tensor, preset: str | Normalization = "imagenet") -> np.ndarray:

@@ -92,6 +92,7 @@ class Segmenter:
         #: bytes a forward may use for auto tiling and batching (None: half the memory available now)
         self.memory_budget: int | None = None
         self._bpp: float | None = None
+        self._cl: bool | None = None
         self.tta = parse_tta(tta)
         self.label_dtype = np.uint8 if self.num_classes <= 256 else np.int32
         arch = self.net if self.net is not None else geometry_net
@@ -245,13 +246,24 @@ class Segmenter:
         """One picture -> the net's ``C x H x W`` input, as the model card's input spec says (the
         HHA net takes an HHA picture minus the HHA mean; other nets an RGB image by their preset)."""
         spec = self.info.card.inputs[0]
-        return normalize(image, self._norm) if spec.key == "image" else spec.prepare(image)
+        if spec.key == "image":
+            return normalize(image, self._norm, channels_last=self._channels_last)
+        return spec.prepare(image)
+
+    @property
+    def _channels_last(self) -> bool:
+        """Whether the net that runs takes channels-last input (the CPU and CUDA fast paths do)."""
+        if self._cl is None:
+            runner = getattr(self._run, "runner", None) if self.backend == "torch" else None
+            self._cl = bool(getattr(runner, "channels_last", False))
+        return self._cl
 
     def _batch_tensor(self, images: Sequence[np.ndarray]) -> Tensor:
         if len(images) == 1:
             return self._prepare(images[0]).unsqueeze(0)
         first = self._prepare(images[0])
-        out = torch.empty((len(images), *first.shape), dtype=torch.float32)
+        layout = torch.channels_last if self._channels_last else torch.contiguous_format
+        out = torch.empty((len(images), *first.shape), dtype=torch.float32, memory_format=layout)
         out[0] = first
         for i, im in enumerate(images[1:], 1):
             out[i] = self._prepare(im)

@@ -479,28 +479,12 @@ def device_plan(model: nn.Module, *, fixed_size: bool = False):
 
 # --------------------------------------------------------------------------- pre/post-processing
 def normalize_batch(image: np.ndarray | Tensor, preset: Any, *, channels_last: bool = True) -> Tensor:
-    """Decoded RGB uint8 ``H x W x 3`` -> normalised float ``1 x 3 x H x W``, in one pass.
+    """Decoded RGB uint8 ``H x W x 3`` -> normalised float ``1 x 3 x H x W``, in one pass:
+    :func:`fcnseg.preprocess.normalize` as a batch of one (channels-last: the image's own memory
+    order, no layout copy)."""
+    from ..preprocess import normalize
 
-    With ``channels_last`` the result keeps the image's own pixel-interleaved layout
-    (an ``H x W x 3`` buffer *is* a channels-last ``1 x 3 x H x W`` tensor), so no
-    layout copy is made before or after the arithmetic. Equal to
-    :func:`fcnseg.preprocess.normalize` (same multiply-add).
-    """
-    from ..preprocess import get_normalization
-
-    norm = get_normalization(preset)
-    t = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
-    if t.ndim != 3 or t.shape[2] != 3:
-        raise ValueError(f"expected an H x W x 3 RGB image, got shape {tuple(t.shape)}")
-    mul = [norm.scale / s for s in norm.std]
-    add = [-m / s for m, s in zip(norm.mean, norm.std)]
-    if norm.bgr:  # feed B, G, R: reorder the constants and the pixels' channels
-        t = t[:, :, [2, 1, 0]]
-    mul_t = torch.tensor(mul, dtype=torch.float32)
-    add_t = torch.tensor(add, dtype=torch.float32)
-    out = torch.addcmul(add_t, t.to(torch.float32), mul_t)  # H x W x 3, one pass
-    out = out.permute(2, 0, 1).unsqueeze(0)  # a channels-last view, no copy
-    return out if channels_last else out.contiguous()
+    return normalize(image, preset, channels_last=channels_last).unsqueeze(0)
 
 
 def labels_from_logits(logits: Tensor) -> Tensor:
