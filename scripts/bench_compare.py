@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ALL = ["eager_nchw", "channels_last", "optimized", "jit", "compile", "bf16", "ort_fp32", "ort_int8", "fx_int8"]
+ALL = ["eager_nchw", "channels_last", "optimized", "unfused", "jit", "compile", "bf16", "ort_fp32", "ort_int8", "fx_int8"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             runners[name] = (copy.deepcopy(model).to(memory_format=torch.channels_last), True)
         elif name == "optimized":
             runners[name] = (optimize_for_inference(model), True)
+        elif name == "unfused":  # the optimised copy without the conv + activation fusion
+            runners[name] = (optimize_for_inference(model, fuse_activations=False), True)
         elif name == "jit":
             runners[name] = (optimize_for_inference(model, mode="jit", example_input=x), True)
         elif name == "compile":
