@@ -20,7 +20,7 @@ from fcnseg.weights import save_weights
 SAMPLES = Path(demo_cmd.__file__).resolve().parent.parent / "samples" / "camvid"
 
 
-def _save(path: Path, num_classes: int = 11) -> Path:
+def _save(path: Path, num_classes: int = 11, **provenance) -> Path:
     from fcnseg.viz import camvid_class_names, camvid_palette, voc_palette
 
     torch.manual_seed(0)
@@ -30,7 +30,8 @@ def _save(path: Path, num_classes: int = 11) -> Path:
     pal = camvid_palette() if num_classes == 11 else voc_palette(num_classes)
     save_weights(net.state_dict(), path, {"model": "fcn8s_lite0", "num_classes": num_classes, "class_names": names,
                                           "palette": pal.tolist(), "normalization": "imagenet",
-                                          "options": {"pretrained_backbone": True}}, dtype=torch.float16)
+                                          "options": {"pretrained_backbone": True}, **provenance},
+                 dtype=torch.float16)
     return path
 
 
@@ -90,6 +91,14 @@ def test_demo_writes_pictures_and_scores(demo_run):
     m = re.search(r"mean IoU (\d+\.\d)%", printed)
     assert m and 0 <= float(m.group(1)) <= 100
     assert "pixel accuracy" in printed and "per-class IoU: Sky" in printed
+
+
+def test_demo_says_when_the_model_was_trained_on_the_samples(demo_run, tmp_path, capsys):
+    assert "note:" not in demo_run[1]  # no recipe recorded: nothing claimed
+    path = _save(tmp_path / "tv.safetensors", recipe={"train_split": "trainval", "epochs": 1})
+    assert main(["demo", "--model", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "trained on CamVid trainval, which holds these val frames" in out
 
 
 def test_demo_scores_are_the_confusion_matrix_of_the_predictions(demo_run):

@@ -125,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
           f"mean IoU {100 * scores['mean_iou']:.1f}%   f.w. IoU {100 * scores['fw_iou']:.1f}%")
     print("  per-class IoU: " + ", ".join(
         f"{n} {'-' if np.isnan(v) else f'{100 * v:.0f}'}" for n, v in zip(names, scores["iou"])))
+    trained_on = _training_split(model.card.provenance)
+    if trained_on is not None and "val" in trained_on:
+        print(f"  note: {model.name} was trained on CamVid {trained_on}, which holds these val frames: the "
+              "scores show it runs, not how well it does on new scenes (docs/results.md)")
     if not args.quiet:
         for stem, miou in per_image:
             print(f"  {stem}: mIoU {100 * miou:.1f}%")
@@ -165,3 +169,10 @@ def _combined(rows, names, palette, model_name: str, miou: float):
     fig.paste(body, (0, head_h))
     fig.paste(leg, (0, head_h + body.height + 6))
     return fig
+
+
+def _training_split(provenance: dict) -> str | None:
+    """The split the model's last training stage used, as its weights record it (None: unknown)."""
+    recipe = provenance.get("recipe") if isinstance(provenance, dict) else None
+    split = recipe.get("train_split") if isinstance(recipe, dict) else None
+    return split if isinstance(split, str) else None
