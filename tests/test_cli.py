@@ -7,6 +7,7 @@ import sys
 
 from fcnseg.cli.main import main
 from fcnseg.models import list_models
+from fcnseg.shipped import DEFAULT_MODEL
 
 
 def test_no_command_prints_help_and_exits_2(capsys):
@@ -22,6 +23,7 @@ def test_models_lists_architectures_and_shipped_models(capsys):
     for name in list_models():
         assert f"\n{name} " in out, name
     assert "camvid-fcn8s-lite0" in out and "fcn8s_lite0" in out
+    assert f"\n{DEFAULT_MODEL} " in out and out.count("(default of predict, eval, demo)") == 1
     assert main(["models", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in data["architectures"]] == list_models()
@@ -29,6 +31,7 @@ def test_models_lists_architectures_and_shipped_models(capsys):
     assert vgg["output_stride"] == 8 and vgg["receptive_field"] == 404 and vgg["num_classes"] == 21
     shipped = {r["name"]: r for r in data["shipped"]}
     assert shipped["camvid-fcn8s-lite0"]["num_classes"] == 11 and shipped["camvid-fcn8s-lite0"]["dataset"] == "camvid"
+    assert [n for n, r in shipped.items() if r["default"]] == [DEFAULT_MODEL]
 
 
 def test_closed_stdout_ends_quietly():

@@ -42,14 +42,15 @@ def describe_models(num_classes: int | None = None) -> list[dict]:
 
 def describe_shipped() -> list[dict]:
     """One row per trained model shipped in the package: name, architecture, classes, data set."""
-    from ..inference import list_shipped_models, shipped_weights_path
+    from ..shipped import DEFAULT_MODEL, list_shipped_models, shipped_weights_path
     from ..weights import read_meta
 
     rows = []
     for name in list_shipped_models():
         meta = read_meta(shipped_weights_path(name))
         rows.append({"name": name, "model": meta.get("model"), "num_classes": meta.get("num_classes"),
-                     "dataset": meta.get("dataset"), "class_names": meta.get("class_names")})
+                     "dataset": meta.get("dataset"), "class_names": meta.get("class_names"),
+                     "default": name == DEFAULT_MODEL})
     return rows
 
 
@@ -67,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"{'trained model (shipped)':<26} {'architecture':<20} {'classes':>7}  data set")
     for r in shipped:
-        print(f"{r['name']:<26} {str(r['model']):<20} {str(r['num_classes']):>7}  {r['dataset'] or '-'}")
+        print(f"{r['name']:<26} {str(r['model']):<20} {str(r['num_classes']):>7}  {r['dataset'] or '-'}"
+              + ("  (default of predict, eval, demo)" if r["default"] else ""))
     return 0
