@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ALL = ["eager_nchw", "channels_last", "optimized", "unfused", "jit", "compile", "bf16", "ort_fp32", "ort_int8", "fx_int8"]
+ALL = ["eager_nchw", "channels_last", "optimized", "unfused", "jit", "compile", "bf16", "ort_fp32", "ort_int8",
+       "fx_int8"]
 
 
 def main(argv: list[str] | None = None) -> int:
