@@ -92,7 +92,6 @@ class Segmenter:
         #: bytes a forward may use for auto tiling and batching (None: half the memory available now)
         self.memory_budget: int | None = None
         self._bpp: float | None = None
-        self._cl: bool | None = None
         self.tta = parse_tta(tta)
         self.label_dtype = np.uint8 if self.num_classes <= 256 else np.int32
         arch = self.net if self.net is not None else geometry_net
@@ -253,10 +252,8 @@ class Segmenter:
     @property
     def _channels_last(self) -> bool:
         """Whether the net that runs takes channels-last input (the CPU and CUDA fast paths do)."""
-        if self._cl is None:
-            runner = getattr(self._run, "runner", None) if self.backend == "torch" else None
-            self._cl = bool(getattr(runner, "channels_last", False))
-        return self._cl
+        runner = getattr(self._run, "runner", None) if self.backend == "torch" else None
+        return bool(getattr(runner, "channels_last", False))
 
     def _batch_tensor(self, images: Sequence[np.ndarray]) -> Tensor:
         if len(images) == 1:

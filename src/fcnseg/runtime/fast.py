@@ -38,7 +38,7 @@ import tempfile
 import warnings
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -66,31 +66,34 @@ def _set(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(_get(root, parent), name, module)
 
 
-def _conv_bn_pairs(module: nn.Module, prefix: str = "") -> list[tuple[str, str]]:
-    """``(conv path, bn path)`` for every BatchNorm fed only by one convolution, found with torch.fx.
-
-    A module that fx cannot trace is searched child by child instead.
-    """
+def _fx_graphs(module: nn.Module, prefix: str = "") -> Iterator[tuple[nn.Module, str, torch.fx.Graph]]:
+    """``(submodule, its path prefix, its torch.fx graph)`` covering ``module``: the module's own
+    graph, or where fx cannot trace it, those of its children, recursively."""
     try:
         graph = torch.fx.symbolic_trace(module).graph
     except Exception:
-        pairs: list[tuple[str, str]] = []
         for name, child in module.named_children():
-            pairs += _conv_bn_pairs(child, f"{prefix}{name}.")
-        return pairs
-    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+            yield from _fx_graphs(child, f"{prefix}{name}.")
+        return
+    yield module, prefix, graph
+
+
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(conv path, bn path)`` for every BatchNorm fed only by one convolution, found with torch.fx."""
     pairs = []
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(_get(module, node.target), nn.BatchNorm2d):
-            continue
-        src = node.args[0] if node.args else None
-        if not isinstance(src, torch.fx.Node) or src.op != "call_module":
-            continue
-        if not isinstance(_get(module, src.target), nn.Conv2d):
-            continue
-        # the conv's output must feed nothing but this BN, and neither module may be reused
-        if len(src.users) == 1 and calls[node.target] == 1 and calls[src.target] == 1:
-            pairs.append((prefix + src.target, prefix + node.target))
+    for module, prefix, graph in _fx_graphs(model):
+        calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+        for node in graph.nodes:
+            if node.op != "call_module" or not isinstance(_get(module, node.target), nn.BatchNorm2d):
+                continue
+            src = node.args[0] if node.args else None
+            if not isinstance(src, torch.fx.Node) or src.op != "call_module":
+                continue
+            if not isinstance(_get(module, src.target), nn.Conv2d):
+                continue
+            # the conv's output must feed nothing but this BN, and neither module may be reused
+            if len(src.users) == 1 and calls[node.target] == 1 and calls[src.target] == 1:
+                pairs.append((prefix + src.target, prefix + node.target))
     return pairs
 
 
@@ -158,31 +161,28 @@ def _fusable_conv(module: nn.Module, node: Any) -> str | None:
     return None
 
 
-def fuse_conv_activations(model: nn.Module, prefix: str = "") -> int:
+def fuse_conv_activations(model: nn.Module) -> int:
     """Fuse every ReLU / ReLU6 fed only by a convolution (through folded BatchNorms) into it, in place.
 
     An activation module used several times (EfficientNet's shared ``act``) is fused only when
     every use follows its own convolution; it then becomes ``nn.Identity``. Call after
     :func:`fold_batchnorm`. Returns how many convolutions now carry their activation.
     """
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception:
-        return sum(fuse_conv_activations(child, f"{prefix}{name}.") for name, child in model.named_children())
-    uses: dict[str, list[str | None]] = {}
-    for node in graph.nodes:
-        if node.op == "call_module" and type(_get(model, node.target)) in _POSTOPS:
-            uses.setdefault(node.target, []).append(_fusable_conv(model, node.args[0] if node.args else None))
-    convs = Counter(n.target for n in graph.nodes if n.op == "call_module")
     count = 0
-    for act_path, conv_paths in uses.items():
-        if any(c is None or convs[c] != 1 for c in conv_paths) or len(set(conv_paths)) != len(conv_paths):
-            continue
-        act = _get(model, act_path)
-        for conv_path in conv_paths:
-            _set(model, conv_path, ConvPointwise(_get(model, conv_path), act))
-        _set(model, act_path, nn.Identity())
-        count += len(conv_paths)
+    for module, _prefix, graph in list(_fx_graphs(model)):
+        calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+        uses: dict[str, list[str | None]] = {}  # activation -> the conv before each of its uses
+        for node in graph.nodes:
+            if node.op == "call_module" and type(_get(module, node.target)) in _POSTOPS:
+                uses.setdefault(node.target, []).append(_fusable_conv(module, node.args[0] if node.args else None))
+        for act_path, conv_paths in uses.items():
+            if any(c is None or calls[c] != 1 for c in conv_paths) or len(set(conv_paths)) != len(conv_paths):
+                continue
+            act = _get(module, act_path)
+            for conv_path in conv_paths:
+                _set(module, conv_path, ConvPointwise(_get(module, conv_path), act))
+            _set(module, act_path, nn.Identity())
+            count += len(conv_paths)
     return count
 
 
