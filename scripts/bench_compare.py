@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ALL = ["eager_nchw", "channels_last", "optimized", "unfused", "jit", "compile", "bf16", "ort_fp32", "ort_int8",
-       "fx_int8"]
+ALL = ["eager_nchw", "channels_last", "optimized", "unfused", "jit", "compile", "bf16", "jit_bf16", "ort_fp32",
+       "ort_int8", "fx_int8"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             runners[name] = (f, True)
         elif name == "bf16":
             runners[name] = (optimize_for_inference(model, dtype="bf16"), True)
+        elif name == "jit_bf16":  # bf16 and a frozen TorchScript graph (what auto -> bf16 runs for small nets)
+            runners[name] = (optimize_for_inference(model, dtype="bf16", mode="jit", example_input=x), True)
         elif name == "ort_fp32":
             net = optimize_for_inference(model, channels_last=False).eager_net
             sess = onnx_session(export_onnx(net, Path(tmp.name) / "m.onnx", example_size=(h, w)), threads)

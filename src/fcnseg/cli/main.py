@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    from ..runtime.allocator import keep_freed_memory
+
+    keep_freed_memory()  # reuse freed memory: see fcnseg.runtime.allocator (FCNSEG_MALLOC=system opts out)
     try:
         from PIL import Image
 

@@ -206,6 +206,9 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
             sample pixels, measured once here and printed; see :mod:`fcnseg.inference.precision`),
             ``fp32`` (exact), ``bf16``, ``fp16`` (CUDA) or ``int8`` (CPU, calibrated on the shipped CamVid samples).
         device: also ``auto`` (CUDA when present).
+
+    On the CPU this sets the process's glibc malloc to reuse freed memory
+    (:func:`fcnseg.runtime.allocator.keep_freed_memory`; ``FCNSEG_MALLOC=system`` opts out).
     """
     from ..models import list_models
     from ..runtime.backends import OnnxBackend, TorchBackend, resolve_device
@@ -220,6 +223,10 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu", num
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; expected one of: {', '.join(PRECISIONS)}")
     dev = resolve_device(resolve_device_name(device))
+    if dev.type == "cpu":
+        from ..runtime.allocator import keep_freed_memory
+
+        keep_freed_memory()  # page faults cost a third to a half of CPU inference otherwise
     text = str(name_or_path)
     path = Path(text).expanduser()
     suffix = path.suffix.lower()
