@@ -8,6 +8,7 @@
 #            | lite1 | lite2 (same recipe, stronger ImageNet trunk)
 #            | scale-wide (scales 0.5-2.0) | full-res (whole 360x480 images: no crop, no scaling) | ohem | lovasz
 #            | lite2-photometric (two ingredients: the recipe chosen for the shipped camvid-fcn8s-lite2)
+#            | lite2-photometric-ohem | lite2-photometric-lovasz (the shipped recipe plus one loss ingredient)
 #
 # Held-out-sequence fold (docs/results.md): add e.g.
 #   --train-split train-minus-0006R0 --val-split train-only-0006R0 --run-dir runs/heldout-0006R0-VARIANT
@@ -16,7 +17,7 @@
 #   fcnseg train --resume runs/ablate-VARIANT
 # and read the result with `fcnseg plot` or the last "val" line of its log.jsonl.
 set -euo pipefail
-variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric | lite1 | lite2 | scale-wide | full-res | ohem | lovasz | lite2-photometric}
+variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric | lite1 | lite2 | scale-wide | full-res | ohem | lovasz | lite2-photometric | lite2-photometric-ohem | lite2-photometric-lovasz}
 shift
 photometric='{brightness: 0.3, contrast: 0.3, saturation: 0.3, hue: 0.05, gamma: 0.3, blur_p: 0.2, blur_sigma: [0.5, 1.5]}'
 case "$variant" in
@@ -34,6 +35,8 @@ case "$variant" in
   ohem)             change=(--ohem-keep 0.3) ;;
   lovasz)           change=(--lovasz-weight 0.5) ;;
   lite2-photometric) change=(--model fcn8s_lite2 --photometric "$photometric") ;;
+  lite2-photometric-ohem)   change=(--model fcn8s_lite2 --photometric "$photometric" --ohem-keep 0.3) ;;
+  lite2-photometric-lovasz) change=(--model fcn8s_lite2 --photometric "$photometric" --lovasz-weight 0.5) ;;
   *) echo "unknown variant: $variant" >&2; exit 2 ;;
 esac
 exec ${FCNSEG:-fcnseg} train configs/camvid-fcn8s-lite0.yaml --epochs 10 --val-every 5 \
