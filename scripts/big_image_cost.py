@@ -7,7 +7,8 @@ Each argument is a square side in pixels, optionally ``:TILE`` (a fixed tile cor
 ``tile="auto"``) and ``@MB`` (the memory budget auto tiling may use; default: half the memory
 available). The image is a shipped CamVid sample repeated to the size (real texture). Prints
 one JSON line per run: wall and CPU (``time.process_time``) seconds per megapixel, the tiling
-chosen, the peak RSS of the run and the load average. Run it with ``OMP_NUM_THREADS=1`` on a
+chosen, the kernel's share (system seconds and minor page faults per
+megapixel), the peak RSS of the run and the load average. Run it with ``OMP_NUM_THREADS=1`` on a
 busy machine and compare each big image with the 1 MP runs next to it (FCNSEG_FREEZE=0 keeps
 repeated sizes from running frozen graphs that one-off sizes do not get).
 """
@@ -15,13 +16,16 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 
+import fcnseg  # first: torch must see fcnseg's allocator setting at its first allocation
+
+# isort: split
 import numpy as np
 import torch
 
-import fcnseg
 from fcnseg.inference.precision import sample_images
 from fcnseg.inference.tiling import memory_budget
 from fcnseg.runtime.bench import _peak_rss_mb, _reset_peak_rss
@@ -39,15 +43,20 @@ def main(argv: list[str]) -> int:
         model.predict(img[:256, :256])
         kw = {"tile": int(tile)} if tile else {}
         grid = model.tile_grid(h, w, **kw)
+        budget_mb = (model.memory_budget or memory_budget()) // 2 ** 20  # what the plan was made with
         _reset_peak_rss()
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         c, t = time.process_time(), time.perf_counter()
         model.predict(img, **kw)
         wall, cpu = time.perf_counter() - t, time.process_time() - c
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
         mp = h * w / 1e6
         print(json.dumps({"size": f"{h}x{w}", "mp": round(mp, 2), "s": round(wall, 2), "s_per_mp": round(wall / mp, 3),
-                          "cpu_s_per_mp": round(cpu / mp, 3), "cores": grid.cores if grid else 0,
-                          "windows": len(grid) if grid else 1,
-                          "budget_mb": (model.memory_budget or memory_budget()) // 2 ** 20,
+                          "cpu_s_per_mp": round(cpu / mp, 3),
+                          "sys_s_per_mp": round((r1.ru_stime - r0.ru_stime) / mp, 3),
+                          "faults_per_mp": round((r1.ru_minflt - r0.ru_minflt) / mp),
+                          "cores": grid.cores if grid else 0, "windows": len(grid) if grid else 1,
+                          "budget_mb": budget_mb,
                           "peak_rss_mb": round(_peak_rss_mb()), "load": os.getloadavg()[0],
                           "threads": torch.get_num_threads()}), flush=True)
     return 0

@@ -13,6 +13,9 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "get_model", "list_models", "load_model", "UserError"]
 
 from .errors import UserError
+from .runtime.allocator import request_huge_pages
+
+request_huge_pages()  # before torch's first allocation: see fcnseg.runtime.allocator (FCNSEG_MALLOC=system opts out)
 
 
 def __getattr__(name: str) -> Any:

@@ -339,9 +339,11 @@ class Segmenter:
             to_probs = None if tta_cfg.active else (lambda s: torch.softmax(s.float(), dim=0))
             predict_tiled(img, window_scores, grid, self.num_classes, labels, probs, to_probs=to_probs,
                           progress=progress)
+            self._release_big_image_memory(h * w)
             return (labels, probs) if return_probs else labels
         s, is_prob = self.scores(self._batch_tensor([img]), tta_cfg)
         labels = self._labels(s)[0]
+        self._release_big_image_memory(h * w)
         if not want_probs:
             return labels
         p = s[0] if is_prob else torch.softmax(s[0].float(), dim=0)
@@ -353,6 +355,13 @@ class Segmenter:
         return (labels, probs) if return_probs else labels
 
     __call__ = predict
+
+    def _release_big_image_memory(self, pixels: int) -> None:
+        """After a big image on the CPU, return the excess of the memory kept for reuse (runtime.allocator)."""
+        if pixels >= 4_000_000 and self.device.type == "cpu":
+            from ..runtime.allocator import release_excess
+
+            release_excess()
 
     def predict_batch(self, images: Sequence[Image], batch_size: int = 4, return_probs: bool = False, *,
                       tile: TileSpec = None, overlap: int | None = None,

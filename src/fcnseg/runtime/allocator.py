@@ -1,22 +1,35 @@
-"""Keep freed memory in the process for reuse (glibc malloc settings for CPU inference and training).
+"""Keep freed memory in the process, in huge pages (CPU inference and training).
 
 Why: a CPU forward pass allocates every layer's output afresh and frees it a layer later.
-glibc serves large allocations (above its mmap threshold: 128 KiB, rising to at most 32 MiB)
-with a fresh ``mmap`` and unmaps them on ``free``, and gives the heap's free top back to the
-kernel; so nearly every activation is memory the kernel must map and zero page by page when
-the layer first writes it. Measured on a Zen 4 EPYC (2 threads, `camvid-fcn8s-lite0`, fp32,
-docs/performance.md): the kernel's share was a third to a half of the CPU time of `predict`,
-and removing it made a 1 MP image 1.6x faster (0.27-0.32 -> 0.16-0.19 s/MP), a 100 MP image
-2x faster (0.47 -> 0.24 s/MP) and a Lite0 training step 1.35x faster (1.29 -> 0.96 s).
+glibc serves large allocations with a fresh ``mmap`` and unmaps them on ``free``, and gives
+the heap's free top back to the kernel; so nearly every activation is memory the kernel must
+map and zero, 4 KiB page by page, when the layer first writes it. Measured on a Zen 4 EPYC
+(2 threads, ``camvid-fcn8s-lite0``, fp32; docs/performance.md): 80 000-185 000 page faults
+per megapixel, the kernel's share a third to a half of the CPU time of ``predict``.
 
-What it sets (``mallopt``): ``M_MMAP_MAX = 0`` (every allocation comes from the heap, so a
-freed block is reused by the next layer) and ``M_TRIM_THRESHOLD = -1`` (the heap is never
-given back). The cost: the process keeps the memory of its largest step until it exits
-(the peak itself does not grow). This is what jemalloc / tcmalloc preloading buys in the
-usual CPU tuning guides, without a preload. It changes the whole process, so it is applied
-by the ``fcnseg`` command and, in the library, by :func:`fcnseg.load_model` for a CPU model and by
-training on the CPU; ``FCNSEG_MALLOC=system`` leaves glibc's defaults alone. Elsewhere than
-glibc (macOS, musl, Windows) it does nothing.
+Two settings remove it, and both are needed:
+
+- **Huge pages for torch's big buffers**: PyTorch's own ``THP_MEM_ALLOC_ENABLE=1`` (buffers of
+  2 MiB and more aligned to 2 MiB and ``madvise(MADV_HUGEPAGE)``). Torch reads it at its first
+  allocation, so :func:`request_huge_pages` sets it when ``fcnseg`` is imported before torch;
+  a user who imports torch first can set it themselves.
+- **No giving back** (``mallopt``): ``M_MMAP_MAX = 0`` (every allocation from the heap, so a
+  freed block is reused by the next layer) and ``M_TRIM_THRESHOLD = -1`` (the heap is never
+  returned to the kernel). :func:`keep_freed_memory` sets these only where the huge pages are
+  in force (measured by :func:`huge_pages_active`): with 4 KiB pages glibc's aligned
+  allocations fragment the heap, and a 100 MP image then held 17 GB instead of 5.5.
+
+Together (same machine): a repeated 1 MP image 0.16-0.28 -> 0.07-0.08 s/MP; a repeated 16 MP
+image 0.25 -> 0.075 s/MP and a 100 MP image 0.40 -> 0.09 s/MP (the first image of a new size
+pays the page faults once: 0.13-0.18 s/MP). The cost: the process keeps the memory of its
+largest image until it exits (3.8 GB after 16 MP images, 10.3 GB after 100 MP, vs 2.9 and
+5.5 GB with glibc's defaults); :func:`fcnseg.runtime.memory.available_bytes` counts what it
+holds free (:func:`retained_free_bytes`) when tiles and batches are sized, and after an image
+of 4 MP or more ``predict`` gives back what exceeds a quarter of the machine's memory
+(:func:`release_excess`), so a 100 MP image does not pin 10 GB for the rest of the process. Applied by the
+``fcnseg`` command, by :func:`fcnseg.load_model` for a CPU model and by CPU training;
+``FCNSEG_MALLOC=system`` leaves torch's and glibc's defaults alone. Elsewhere than glibc on
+Linux it does nothing.
 """
 from __future__ import annotations
 
@@ -26,8 +39,20 @@ import sys
 
 M_TRIM_THRESHOLD = -1  # glibc's <malloc.h> parameter numbers
 M_MMAP_MAX = -4
+THP_ENV = "THP_MEM_ALLOC_ENABLE"  # read by PyTorch's CPU allocator (c10) at its first allocation
 
 _state: dict[str, bool] = {}
+
+
+def opted_out() -> bool:
+    """``FCNSEG_MALLOC=system`` (or ``0`` / ``off``): leave the allocator settings alone."""
+    return os.environ.get("FCNSEG_MALLOC", "").strip().lower() in ("system", "0", "off")
+
+
+def request_huge_pages() -> None:
+    """Ask torch for huge pages on its big CPU buffers, if torch is not imported yet (``import fcnseg``)."""
+    if "torch" not in sys.modules and sys.platform.startswith("linux") and not opted_out():
+        os.environ.setdefault(THP_ENV, "1")
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -41,20 +66,118 @@ def _glibc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc malloc reuse freed memory instead of returning it to the kernel (once per process).
+def _anon_huge_kb() -> int | None:
+    try:
+        with open("/proc/self/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
-    Returns whether the settings are in force: False with ``FCNSEG_MALLOC=system`` or
-    without glibc.
+
+def huge_pages_active() -> bool:
+    """Whether torch's big CPU buffers land in huge pages: an 8 MiB tensor is written and counted.
+
+    False when torch was imported without ``THP_MEM_ALLOC_ENABLE=1`` or the kernel's
+    transparent huge pages are off.
+    """
+    import torch
+
+    before = _anon_huge_kb()
+    if before is None:
+        return False
+    probe = torch.empty(8 << 20, dtype=torch.uint8)
+    probe.fill_(1)
+    grown = (_anon_huge_kb() or 0) - before
+    del probe
+    return grown >= 2048
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc reuse freed memory instead of returning it to the kernel (decided once per process).
+
+    Returns whether the settings are in force: False with ``FCNSEG_MALLOC=system``, without
+    glibc, or where torch's buffers are not in huge pages (:func:`huge_pages_active`).
     """
     if "applied" in _state:
         return _state["applied"]
     applied = False
-    if os.environ.get("FCNSEG_MALLOC", "").strip().lower() not in ("system", "0", "off"):
+    if not opted_out():
         libc = _glibc()
-        if libc is not None:
+        _state["huge_pages"] = libc is not None and huge_pages_active()
+        if libc is not None and _state["huge_pages"]:
             libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
             libc.mallopt.restype = ctypes.c_int
             applied = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
     _state["applied"] = applied
     return applied
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def retained_free_bytes() -> int:
+    """Bytes glibc holds free inside this process (all arenas; 0 without glibc's ``mallinfo2``).
+
+    Memory the process can reuse without asking the kernel: with :func:`keep_freed_memory`
+    in force, a big image's activations stay here after it is done, and the next image's
+    plan may count on them.
+    """
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return 0
+    libc.mallinfo2.restype = _MallInfo2
+    libc.mallinfo2.argtypes = []
+    info = libc.mallinfo2()
+    free = int(info.fordblks + info.fsmblks)
+    # free chunks that malloc_trim handed back (MADV_DONTNEED) stay in the heap's free lists but
+    # are no longer resident, and the kernel counts them as available already: count only what
+    # is resident beyond the bytes in use
+    resident = _status_kb("RssAnon")
+    if resident is not None:
+        free = min(free, max(0, resident * 1024 - int(info.uordblks + info.hblkhd)))
+    return free
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _mem_total() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def release_excess(fraction: float = 0.25) -> bool:
+    """Give freed memory back to the kernel when the process holds more than ``fraction`` of RAM free.
+
+    Called after big images: repeated images up to ~16 MP keep their memory (and their speed),
+    a 100 MP one does not pin its peak for the rest of the process. Returns whether it trimmed.
+    """
+    if not _state.get("applied"):
+        return False
+    total = _mem_total()
+    libc = _glibc()
+    if total is None or libc is None or retained_free_bytes() <= fraction * total:
+        return False
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim(0)
+    return True

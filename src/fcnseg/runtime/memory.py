@@ -21,7 +21,12 @@ GiB = 2 ** 30
 
 
 def available_bytes(device: torch.device | str = "cpu") -> int | None:
-    """Memory a new allocation can use now: free GPU memory, or the kernel's MemAvailable."""
+    """Memory a new allocation can use now: free GPU memory, or the kernel's MemAvailable.
+
+    On the CPU plus what this process's allocator holds free: with freed memory kept in the
+    process (:mod:`fcnseg.runtime.allocator`) the kernel counts it as used, yet the next
+    forward reuses it first.
+    """
     device = torch.device(device)
     if device.type == "cuda":
         try:
@@ -32,7 +37,9 @@ def available_bytes(device: torch.device | str = "cpu") -> int | None:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    from .allocator import retained_free_bytes
+
+                    return int(line.split()[1]) * 1024 + retained_free_bytes()
     except OSError:
         pass
     return None
