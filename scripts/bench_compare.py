@@ -27,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import fcnseg  # noqa: F401  first: torch must see fcnseg's allocator setting (huge pages) at its first allocation
+
+# isort: split
 import numpy as np
 import torch
 
