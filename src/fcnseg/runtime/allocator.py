@@ -66,13 +66,14 @@ def _glibc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
 
 
-def _anon_huge_kb() -> int | None:
+def proc_kb(path: str, field: str) -> int | None:
+    """A ``Field:   N kB`` value of a /proc file (``/proc/meminfo``, ``/proc/self/status``, ...); None if absent."""
     try:
-        with open("/proc/self/smaps_rollup") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("AnonHugePages:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
     return None
 
@@ -85,12 +86,12 @@ def huge_pages_active() -> bool:
     """
     import torch
 
-    before = _anon_huge_kb()
+    before = proc_kb("/proc/self/smaps_rollup", "AnonHugePages")
     if before is None:
         return False
     probe = torch.empty(8 << 20, dtype=torch.uint8)
     probe.fill_(1)
-    grown = (_anon_huge_kb() or 0) - before
+    grown = (proc_kb("/proc/self/smaps_rollup", "AnonHugePages") or 0) - before
     del probe
     return grown >= 2048
 
@@ -138,32 +139,10 @@ def retained_free_bytes() -> int:
     # free chunks that malloc_trim handed back (MADV_DONTNEED) stay in the heap's free lists but
     # are no longer resident, and the kernel counts them as available already: count only what
     # is resident beyond the bytes in use
-    resident = _status_kb("RssAnon")
+    resident = proc_kb("/proc/self/status", "RssAnon")
     if resident is not None:
         free = min(free, max(0, resident * 1024 - int(info.uordblks + info.hblkhd)))
     return free
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _mem_total() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def release_excess(fraction: float = 0.25) -> bool:
@@ -174,9 +153,9 @@ def release_excess(fraction: float = 0.25) -> bool:
     """
     if not _state.get("applied"):
         return False
-    total = _mem_total()
+    total_kb = proc_kb("/proc/meminfo", "MemTotal")
     libc = _glibc()
-    if total is None or libc is None or retained_free_bytes() <= fraction * total:
+    if total_kb is None or libc is None or retained_free_bytes() <= fraction * total_kb * 1024:
         return False
     libc.malloc_trim.argtypes = [ctypes.c_size_t]
     libc.malloc_trim(0)

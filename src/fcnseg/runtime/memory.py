@@ -33,16 +33,10 @@ def available_bytes(device: torch.device | str = "cpu") -> int | None:
             return int(torch.cuda.mem_get_info(device)[0])
         except Exception:
             return None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    from .allocator import retained_free_bytes
+    from .allocator import proc_kb, retained_free_bytes
 
-                    return int(line.split()[1]) * 1024 + retained_free_bytes()
-    except OSError:
-        pass
-    return None
+    kb = proc_kb("/proc/meminfo", "MemAvailable")
+    return None if kb is None else kb * 1024 + retained_free_bytes()
 
 
 def param_bytes(model: nn.Module) -> int:
