@@ -341,3 +341,26 @@ def test_cpu_default_backend_runs_frozen_graphs(lite0, monkeypatch):
         ref = lite0(x)
     for out in outs:
         assert max_rel(out, ref) < 1e-4
+
+
+def test_frozen_graphs_by_default_only_for_small_fp32_nets_on_the_cpu(monkeypatch):
+    """fp32 small nets freeze on the CPU; bf16 (fused eager activations are faster), CUDA,
+    VGG-size nets and FCNSEG_FREEZE=0 do not."""
+    from fcnseg.runtime import backends
+    from fcnseg.runtime.backends import TorchBackend, freeze_by_default
+
+    monkeypatch.delenv("FCNSEG_FREEZE", raising=False)
+    small = nn.Conv2d(3, 4, 3)
+    cpu = torch.device("cpu")
+    assert freeze_by_default(small, cpu) and freeze_by_default(small, cpu, "fp32")
+    assert not freeze_by_default(small, cpu, "bf16")
+    assert not freeze_by_default(small, torch.device("cuda"))
+    monkeypatch.setattr(backends, "FREEZE_MAX_WEIGHT_BYTES", 100)
+    assert not freeze_by_default(small, cpu)  # 4*3*3*3 + 4 parameters: 448 bytes
+    monkeypatch.setattr(backends, "FREEZE_MAX_WEIGHT_BYTES", 256 * 2 ** 20)
+    monkeypatch.setenv("FCNSEG_FREEZE", "0")
+    assert not freeze_by_default(small, cpu)
+    monkeypatch.delenv("FCNSEG_FREEZE")
+    # what the backend builds follows it
+    assert isinstance(TorchBackend(small, cpu, precision="fp32").runner.net, ShapeFrozen)
+    assert not isinstance(TorchBackend(small, cpu, precision="bf16").runner.net, ShapeFrozen)

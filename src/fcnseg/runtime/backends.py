@@ -27,10 +27,16 @@ __all__ = ["TorchBackend", "OnnxBackend", "resolve_device"]
 FREEZE_MAX_WEIGHT_BYTES = 256 * 2 ** 20
 
 
-def freeze_by_default(net: nn.Module, device: torch.device) -> bool:
+def freeze_by_default(net: nn.Module, device: torch.device, precision: str = "fp32") -> bool:
     """Whether the default path runs ``net`` through frozen per-shape graphs on ``device``: on the
-    CPU, for nets up to :data:`FREEZE_MAX_WEIGHT_BYTES`, unless ``FCNSEG_FREEZE=0`` is set."""
-    if os.environ.get("FCNSEG_FREEZE", "1").strip() == "0" or device.type != "cpu":
+    CPU in fp32, for nets up to :data:`FREEZE_MAX_WEIGHT_BYTES`, unless ``FCNSEG_FREEZE=0`` is set.
+
+    Not in bf16: the frozen graph runs each ReLU6 as a separate clamp (TorchScript does not
+    trace the fused conv + activation op), and the eager path with fused activations was
+    3-4 % faster end to end (Zen 4, Lite0 12.8 vs 13.2 ms, Lite2 14.2 vs 14.8 ms,
+    ``scripts/bench_compare.py --configs bf16,jit_bf16``, docs/performance.md).
+    """
+    if os.environ.get("FCNSEG_FREEZE", "1").strip() == "0" or device.type != "cpu" or precision != "fp32":
         return False
     from .memory import param_bytes
 
@@ -96,7 +102,7 @@ class TorchBackend:
                 # for nets whose per-layer overheads matter (Lite0: 6-16 % faster end to end); not for
                 # VGG-size nets, which are GEMM-bound (no gain measured) and whose weight copy per graph
                 # would cost ~0.5 GB each.
-                mode = "jit" if freeze_by_default(self.net, self.device) else "eager"
+                mode = "jit" if freeze_by_default(self.net, self.device, self.precision) else "eager"
                 self._fast = optimize_for_inference(self.net, mode=mode, dtype=self.precision,
                                                     fixed_size=self.fixed_size)
             else:  # the plain module, in another precision

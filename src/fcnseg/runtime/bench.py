@@ -257,7 +257,7 @@ def _build_measured(cfg: BenchConfig, model: nn.Module, device: torch.device, th
         raise UserError("dtype fp16 is for device cuda; on the CPU use bf16 or int8")
     from .backends import freeze_by_default
 
-    freeze = cfg.freeze if cfg.freeze is not None else (cfg.optimize and freeze_by_default(model, device))
+    freeze = cfg.freeze if cfg.freeze is not None else (cfg.optimize and freeze_by_default(model, device, cfg.dtype))
     mode = "compile" if cfg.compile else ("jit" if freeze else "eager")
     fast = optimize_for_inference(model.to(device), channels_last=cfg.channels_last, fold_bn=cfg.optimize,
                                   depthwise=None if cfg.optimize else False, fixed_size=True, mode=mode,
