@@ -132,3 +132,17 @@ def test_release_excess_gives_memory_back_above_the_limit():
     assert out["applied"] is True and out["held"] >= 64 * 2 ** 20
     assert out["kept"] is False and out["released"] is True
     assert out["anon_after"] < out["anon_before"] - 32 * 2 ** 20
+
+
+def test_unknown_setting_is_reported_once_and_read_as_default(monkeypatch, capsys):
+    monkeypatch.setattr(allocator, "_state", {})
+    monkeypatch.setenv("FCNSEG_MALLOC", "jemalloc")
+    assert allocator.opted_out() is False
+    assert allocator.opted_out() is False
+    err = capsys.readouterr().err
+    assert err.count("FCNSEG_MALLOC='jemalloc' not understood") == 1
+    for value in ("system", "OFF", "0"):
+        monkeypatch.setenv("FCNSEG_MALLOC", value)
+        assert allocator.opted_out() is True
+    monkeypatch.setenv("FCNSEG_MALLOC", "default")
+    assert allocator.opted_out() is False and capsys.readouterr().err == ""

@@ -44,9 +44,22 @@ THP_ENV = "THP_MEM_ALLOC_ENABLE"  # read by PyTorch's CPU allocator (c10) at its
 _state: dict[str, bool] = {}
 
 
+OPT_OUT = ("system", "0", "off")
+DEFAULT = ("", "default", "1", "on")
+
+
 def opted_out() -> bool:
-    """``FCNSEG_MALLOC=system`` (or ``0`` / ``off``): leave the allocator settings alone."""
-    return os.environ.get("FCNSEG_MALLOC", "").strip().lower() in ("system", "0", "off")
+    """``FCNSEG_MALLOC=system`` (or ``0`` / ``off``): leave the allocator settings alone.
+
+    Any value other than those and ``default`` / ``1`` / ``on`` is reported once on stderr and
+    read as the default.
+    """
+    value = os.environ.get("FCNSEG_MALLOC", "").strip().lower()
+    if value not in OPT_OUT + DEFAULT and not _state.get("warned"):
+        _state["warned"] = True
+        print(f"fcnseg: FCNSEG_MALLOC={value!r} not understood (expected 'system' or 'default'); "
+              "using the default", file=sys.stderr)
+    return value in OPT_OUT
 
 
 def request_huge_pages() -> None:
