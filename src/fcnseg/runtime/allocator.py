@@ -19,14 +19,15 @@ Two settings remove it, and both are needed:
   in force (measured by :func:`huge_pages_active`): with 4 KiB pages glibc's aligned
   allocations fragment the heap, and a 100 MP image then held 17 GB instead of 5.5.
 
-Together (same machine): a repeated 1 MP image 0.16-0.28 -> 0.07-0.08 s/MP; a repeated 16 MP
-image 0.25 -> 0.075 s/MP and a 100 MP image 0.40 -> 0.09 s/MP (the first image of a new size
-pays the page faults once: 0.13-0.18 s/MP). The cost: the process keeps the memory of its
-largest image until it exits (3.8 GB after 16 MP images, 10.3 GB after 100 MP, vs 2.9 and
-5.5 GB with glibc's defaults); :func:`fcnseg.runtime.memory.available_bytes` counts what it
-holds free (:func:`retained_free_bytes`) when tiles and batches are sized, and after an image
-of 4 MP or more ``predict`` gives back what exceeds a quarter of the machine's memory
-(:func:`release_excess`), so a 100 MP image does not pin 10 GB for the rest of the process. Applied by the
+Together (same machine, Lite0 fp32): a repeated 1 MP image 0.16-0.28 -> 0.08-0.09 s/MP, a
+repeated 16 MP image 0.25-0.37 -> 0.075 s/MP, a 100 MP image 0.35-0.48 -> 0.14-0.15 s/MP, a
+training step 1.2 -> 0.8 s (the first image of a new size pays its page faults once). The cost:
+the process keeps the memory of its largest image (3.8 GB after 16 MP images vs 2.9 GB with
+glibc's defaults; a tiled 100 MP image peaks at 8-9 GB vs 5.6).
+:func:`fcnseg.runtime.memory.available_bytes` counts what it holds free
+(:func:`retained_free_bytes`) when tiles and batches are sized, and after an image of 4 MP or
+more ``predict`` gives back what exceeds a quarter of the machine's memory
+(:func:`release_excess`), so a 100 MP image does not pin its peak for the rest of the process. Applied by the
 ``fcnseg`` command, by :func:`fcnseg.load_model` for a CPU model and by CPU training;
 ``FCNSEG_MALLOC=system`` leaves torch's and glibc's defaults alone. Elsewhere than glibc on
 Linux it does nothing.
