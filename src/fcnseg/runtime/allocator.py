@@ -35,6 +35,7 @@ Linux it does nothing.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -69,7 +70,15 @@ def request_huge_pages() -> None:
         os.environ.setdefault(THP_ENV, "1")
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
+    """This process's glibc with the signatures used here (looked up once: it is asked on every ``predict``)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -77,7 +86,14 @@ def _glibc() -> ctypes.CDLL | None:
     except OSError:
         return None
     # only glibc has gnu_get_libc_version (musl's mallopt exists but does nothing)
-    return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
+    if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):
+        return None
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if hasattr(libc, "mallinfo2"):
+        libc.mallinfo2.argtypes, libc.mallinfo2.restype = [], _MallInfo2
+    if hasattr(libc, "malloc_trim"):
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return libc
 
 
 def proc_kb(path: str, field: str) -> int | None:
@@ -123,17 +139,9 @@ def keep_freed_memory() -> bool:
         libc = _glibc()
         _state["huge_pages"] = libc is not None and huge_pages_active()
         if libc is not None and _state["huge_pages"]:
-            libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-            libc.mallopt.restype = ctypes.c_int
             applied = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
     _state["applied"] = applied
     return applied
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
 
 
 def retained_free_bytes() -> int:
@@ -146,8 +154,6 @@ def retained_free_bytes() -> int:
     libc = _glibc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         return 0
-    libc.mallinfo2.restype = _MallInfo2
-    libc.mallinfo2.argtypes = []
     info = libc.mallinfo2()
     free = int(info.fordblks + info.fsmblks)
     # free chunks that malloc_trim handed back (MADV_DONTNEED) stay in the heap's free lists but
@@ -169,8 +175,8 @@ def release_excess(fraction: float = 0.25) -> bool:
         return False
     total_kb = proc_kb("/proc/meminfo", "MemTotal")
     libc = _glibc()
-    if total_kb is None or libc is None or retained_free_bytes() <= fraction * total_kb * 1024:
+    if total_kb is None or libc is None or not hasattr(libc, "malloc_trim") \
+            or retained_free_bytes() <= fraction * total_kb * 1024:
         return False
-    libc.malloc_trim.argtypes = [ctypes.c_size_t]
     libc.malloc_trim(0)
     return True

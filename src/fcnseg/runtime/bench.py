@@ -184,13 +184,11 @@ def _reset_peak_rss() -> bool:
 
 
 def _peak_rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
+    from .allocator import proc_kb
+
+    hwm = proc_kb("/proc/self/status", "VmHWM")
+    if hwm is not None:
+        return hwm / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
