@@ -9,6 +9,9 @@
 #            | scale-wide (scales 0.5-2.0) | full-res (whole 360x480 images: no crop, no scaling) | ohem | lovasz
 #            | lite2-photometric (two ingredients: the recipe chosen for the shipped camvid-fcn8s-lite2)
 #            | lite2-photometric-ohem | lite2-photometric-lovasz (the shipped recipe plus one loss ingredient)
+#            | lite2-photometric-up15 (the shipped recipe on images scaled 1.5x more: scales 1.125-2.25;
+#              evaluate with --tta scales=1.5, the net seeing every image 1.5x larger)
+#            | lite2-photometric-wide (the shipped recipe with scales 0.75-2.25: the recipe's range and up15's)
 #
 # Held-out-sequence fold (docs/results.md): add e.g.
 #   --train-split train-minus-0006R0 --val-split train-only-0006R0 --run-dir runs/heldout-0006R0-VARIANT
@@ -17,7 +20,7 @@
 #   fcnseg train --resume runs/ablate-VARIANT
 # and read the result with `fcnseg plot` or the last "val" line of its log.jsonl.
 set -euo pipefail
-variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric | lite1 | lite2 | scale-wide | full-res | ohem | lovasz | lite2-photometric | lite2-photometric-ohem | lite2-photometric-lovasz}
+variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric | lite1 | lite2 | scale-wide | full-res | ohem | lovasz | lite2-photometric | lite2-photometric-ohem | lite2-photometric-lovasz | lite2-photometric-up15 | lite2-photometric-wide}
 shift
 photometric='{brightness: 0.3, contrast: 0.3, saturation: 0.3, hue: 0.05, gamma: 0.3, blur_p: 0.2, blur_sigma: [0.5, 1.5]}'
 case "$variant" in
@@ -37,6 +40,8 @@ case "$variant" in
   lite2-photometric) change=(--model fcn8s_lite2 --photometric "$photometric") ;;
   lite2-photometric-ohem)   change=(--model fcn8s_lite2 --photometric "$photometric" --ohem-keep 0.3) ;;
   lite2-photometric-lovasz) change=(--model fcn8s_lite2 --photometric "$photometric" --lovasz-weight 0.5) ;;
+  lite2-photometric-up15)   change=(--model fcn8s_lite2 --photometric "$photometric" --scale-range '[1.125, 2.25]') ;;
+  lite2-photometric-wide)   change=(--model fcn8s_lite2 --photometric "$photometric" --scale-range '[0.75, 2.25]') ;;
   *) echo "unknown variant: $variant" >&2; exit 2 ;;
 esac
 exec ${FCNSEG:-fcnseg} train configs/camvid-fcn8s-lite0.yaml --epochs 10 --val-every 5 \

@@ -32,8 +32,9 @@ from .errors import UserError
 __all__ = ["CARD_VERSION", "InputSpec", "HeadSpec", "ModelCard", "default_inputs", "model_inputs",
            "REFERENCE_HHA_MEAN", "REFERENCE_DEPTH_LOG_MEAN"]
 
-#: the layout of :meth:`ModelCard.to_dict`; bump it when a field changes meaning
-CARD_VERSION = 1
+#: the layout of :meth:`ModelCard.to_dict`; bump it when a field changes meaning or a reader that
+#: ignores a new field would run the model wrongly (2: ``input_scale``)
+CARD_VERSION = 2
 
 #: the reference NYUD nets' HHA mean (HHA PNG channel order) and log-depth mean (nyud_layers.py)
 REFERENCE_HHA_MEAN = MEAN_HHA
@@ -112,6 +113,10 @@ class ModelCard:
     trained: bool = True
     #: free-form: training run, step, validation scores, conversion source, dtype, ...
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: the net sees every image resized by this factor (its scores are resized back): a net trained
+    #: on enlarged images (``scale_range`` around it) is run at the scale it learned; applied by
+    #: ``predict``, ``eval`` and training's validation, on top of any test-time scales
+    input_scale: float = 1.0
     card_version: int = CARD_VERSION
 
     def __post_init__(self) -> None:
@@ -136,6 +141,12 @@ class ModelCard:
         self.palette = pal.astype(int).tolist()
         if not self.inputs:
             raise UserError(f"model {self.model}: a card needs at least one input")
+        try:
+            self.input_scale = float(self.input_scale)
+        except (TypeError, ValueError):
+            raise UserError(f"model {self.model}: input_scale {self.input_scale!r} is not a number") from None
+        if not (0.125 <= self.input_scale <= 8):
+            raise UserError(f"model {self.model}: input_scale {self.input_scale!r} out of range: expected 0.125..8")
         self.inputs = [i if isinstance(i, InputSpec) else InputSpec(**i) for i in self.inputs]
         self.heads = {h: s if isinstance(s, HeadSpec) else HeadSpec(**s) for h, s in self.heads.items()}
         for h, s in self.heads.items():

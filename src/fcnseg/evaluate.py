@@ -170,7 +170,7 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
             :meth:`fcnseg.card.ModelCard.for_net`).
     """
     from .data.transforms import eval_transforms
-    from .inference.tta import parse_tta, tta_probs
+    from .inference.tta import at_input_scale, parse_tta, tta_probs
 
     views = parse_tta(tta, flip=flip)
     dev = torch.device(device)
@@ -180,6 +180,7 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
                         f"{num_classes}; use a model trained on this data set")
     if card is None:
         card = ModelCard.for_net(model, num_classes=num_classes, normalization=normalization)
+    views = at_input_scale(views, card.input_scale)  # a net trained on enlarged images runs at its scale
     if dataset.transform is None:
         dataset = copy.copy(dataset)
         dataset.transform = eval_transforms(normalization or card.normalization, **card.preprocessing())

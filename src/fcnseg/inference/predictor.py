@@ -28,8 +28,9 @@ from .tiling import (
     model_stride,
     plan_tiles,
     predict_tiled,
+    scaled_geometry,
 )
-from .tta import TTA, parse_tta, tta_probs
+from .tta import TTA, at_input_scale, parse_tta, tta_probs
 
 __all__ = ["Segmenter", "AUTO_TILE", "AUTO_TILE_PIXELS"]
 
@@ -93,6 +94,11 @@ class Segmenter:
         self.memory_budget: int | None = None
         self._bpp: float | None = None
         self.tta = parse_tta(tta)
+        #: the scale the net sees images at (model card): every view is run resized by it
+        self.input_scale = float(getattr(self.card, "input_scale", 1.0) or 1.0)
+        if self.input_scale != 1.0 and self._radius is not None:  # tiles aligned in the resized image
+            self._radius, self._stride, self.receptive_field = scaled_geometry(
+                self._radius, self._stride, self.receptive_field, self.input_scale)
         self.label_dtype = np.uint8 if self.num_classes <= 256 else np.int32
         arch = self.net if self.net is not None else geometry_net
         modalities = getattr(arch, "modalities", None)
@@ -164,6 +170,7 @@ class Segmenter:
             try:
                 self._bpp = bytes_per_pixel(self.net, max(self.num_classes, *self.heads.values(), 1),
                                             folded_bn=bool(getattr(self._run, "optimize", False)))
+                self._bpp *= self.input_scale ** 2  # the net runs on the resized image
             except Exception:  # an estimate for choosing tiles; never fail over it
                 self._bpp = None
         return self._bpp
@@ -228,7 +235,7 @@ class Segmenter:
             return {"main": self.predict(img, return_probs, tile=tile, overlap=overlap, tta=tta)}
         order = [self.main_head] + [h for h in self.heads if h != self.main_head]
         tta_cfg = self.tta if tta is None else parse_tta(tta)
-        if self.tile_grid(*img.shape[:2], tile, overlap) is not None or tta_cfg.active:
+        if self.tile_grid(*img.shape[:2], tile, overlap) is not None or self._views(tta_cfg).active:
             return {h: self.head(h).predict(img, return_probs, tile=tile, overlap=overlap, tta=tta_cfg)
                     for h in order}
         out = self._run(self._batch_tensor([img]))
@@ -283,12 +290,17 @@ class Segmenter:
         """Scores of a normalised batch: ``(N x C x H x W, is_probability)``.
 
         Without TTA these are the logits (no softmax is spent when only labels are
-        wanted); with TTA, averaged probabilities.
+        wanted); with TTA, averaged probabilities. ``tta`` is run as given (the views, input
+        scale included); None: this Segmenter's default TTA at the net's input scale.
         """
-        tta = self.tta if tta is None else tta
+        tta = self._views(self.tta) if tta is None else tta
         if tta.active:
             return tta_probs(self._logits, x, tta), True
         return self._logits(x), False
+
+    def _views(self, tta: TTA) -> TTA:
+        """The views run for test-time augmentation ``tta``: its scales times the net's input scale."""
+        return at_input_scale(tta, self.input_scale)
 
     def _labels(self, scores: Tensor) -> np.ndarray:
         # max(dim=1).indices == argmax(1) (first maximum on ties), several times faster on CPU
@@ -321,6 +333,7 @@ class Segmenter:
         img = as_rgb_array(image)
         self.check_rgb_input()
         tta_cfg = self.tta if tta is None else parse_tta(tta)
+        views = self._views(tta_cfg)
         want_probs = return_probs or probs_out is not None
         h, w = img.shape[:2]
         if probs_out is not None and tuple(probs_out.shape) != (self.num_classes, h, w):
@@ -334,14 +347,14 @@ class Segmenter:
                 probs = probs_out if probs_out is not None else np.empty((self.num_classes, h, w), np.float32)
 
             def window_scores(win: np.ndarray) -> Tensor:
-                return self.scores(self._batch_tensor([win]), tta_cfg)[0][0]
+                return self.scores(self._batch_tensor([win]), views)[0][0]
 
-            to_probs = None if tta_cfg.active else (lambda s: torch.softmax(s.float(), dim=0))
+            to_probs = None if views.active else (lambda s: torch.softmax(s.float(), dim=0))
             predict_tiled(img, window_scores, grid, self.num_classes, labels, probs, to_probs=to_probs,
                           progress=progress)
             self._release_big_image_memory(h * w)
             return (labels, probs) if return_probs else labels
-        s, is_prob = self.scores(self._batch_tensor([img]), tta_cfg)
+        s, is_prob = self.scores(self._batch_tensor([img]), views)
         labels = self._labels(s)[0]
         self._release_big_image_memory(h * w)
         if not want_probs:
@@ -389,7 +402,7 @@ class Segmenter:
             step = self.batch_fits(gh, gw, batch_size)  # big images: fewer per forward
             for start in range(0, len(idx), step):
                 chunk = idx[start:start + step]
-                s, is_prob = self.scores(self._batch_tensor([arrays[i] for i in chunk]), tta_cfg)
+                s, is_prob = self.scores(self._batch_tensor([arrays[i] for i in chunk]), self._views(tta_cfg))
                 labels = self._labels(s)
                 if return_probs:
                     probs = (s if is_prob else torch.softmax(s.float(), dim=1)).float().cpu().numpy()

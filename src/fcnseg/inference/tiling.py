@@ -191,6 +191,23 @@ def plan_tiles(height: int, width: int, tile: int | tuple[int, int], overlap: in
     return TileGrid(height, width, tile, _round_up(margin, stride), stride, tile_w)
 
 
+def scaled_geometry(radius: int, stride: int, receptive_field: int | None,
+                    scale: float) -> tuple[int, int, int | None]:
+    """Tiling geometry, in image pixels, of a net run on images resized by ``scale`` (a model card's
+    ``input_scale``): window origins must map to whole, stride-aligned positions of the resized
+    image (1.5 and stride 32: multiples of 64 pixels), and the context a pixel needs shrinks by
+    ``scale``, plus the two bilinear resizes' reach (a pixel on each side). With these, tiles
+    equal the whole image's result, as at scale 1 (``tta.resize_exact`` samples at the exact scale).
+    """
+    from fractions import Fraction
+
+    f = Fraction(scale).limit_denominator(1000)
+    p, q = f.numerator, f.denominator
+    align = stride * q // math.gcd(p, stride * q)
+    rf = None if receptive_field is None else math.ceil(receptive_field / scale) + 4
+    return math.ceil((radius + 2) / scale) + 2, align, rf
+
+
 # --------------------------------------------------------------------------- tile size from memory
 def bytes_per_pixel(net: nn.Module, num_classes: int, size: int = 128, folded_bn: bool = False) -> float:
     """Working memory of one whole-image forward per input pixel, estimated from the layers.

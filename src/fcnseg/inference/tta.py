@@ -12,15 +12,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
 
-__all__ = ["TTA", "parse_tta", "tta_probs"]
+__all__ = ["TTA", "parse_tta", "tta_probs", "at_input_scale"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,14 @@ def parse_tta(spec: str | TTA | None, *, flip: bool = False) -> TTA:
     return TTA(flip=flip, scales=tuple(scales) if scales else (1.0,))
 
 
+def at_input_scale(tta: TTA, input_scale: float) -> TTA:
+    """The views actually run for a net whose model card says it sees images at ``input_scale``:
+    every test-time scale multiplied by it (no TTA at input scale 1.5 is one view at 1.5)."""
+    if input_scale == 1.0:
+        return tta
+    return replace(tta, scales=tuple(s * input_scale for s in tta.scales))
+
+
 def _scale(tok: str, text: str) -> float:
     if not _NUM.match(tok):
         raise UserError(f"tta {text!r}: scale {tok!r} is not a number")
@@ -113,6 +121,44 @@ def _add(a: Batch | None, b: Batch) -> Batch:
     return {k: a[k] + b[k] for k in b} if isinstance(b, Mapping) else a + b
 
 
+def resize_exact(t: Tensor, size: tuple[int, int], scale: float, antialias: bool = False) -> Tensor:
+    """Bilinear resize of ``N x C x H x W`` to ``size`` that samples at exactly ``scale``: output
+    pixel ``i`` reads input position ``(i + 0.5) / scale - 0.5`` (``align_corners=False``, as
+    ``F.interpolate``), not the ratio of the rounded sizes.
+
+    The weights are computed from the exact fraction (``scale`` as ``p / q``), so output pixels of
+    the same phase get bit-identical weights wherever they lie: a window whose origin maps to a
+    whole pixel of the resized image gives bit-for-bit the resized image's pixels, and tiles of a
+    net run at an input scale equal the whole image's result. ``antialias`` (shrinking input
+    images for multi-scale TTA) uses torch's antialiased kernel instead, exact in sampling but not
+    bit-identical across windows.
+    """
+    if antialias and scale < 1.0:
+        return torch.ops.aten._upsample_bilinear2d_aa(t, list(size), False, scale, scale)
+    for dim, n in ((-2, size[0]), (-1, size[1])):
+        t = _resize_axis(t, dim, n, scale)
+    return t
+
+
+def _resize_axis(t: Tensor, dim: int, n_out: int, scale: float) -> Tensor:
+    f = Fraction(scale).limit_denominator(1000)
+    p, q = f.numerator, f.denominator
+    n_in = t.shape[dim]
+    num = ((2 * torch.arange(n_out, dtype=torch.int64) + 1) * q - p).clamp(min=0)  # source position x 2p
+    i0 = num // (2 * p)
+    w1 = (num % (2 * p)).double() / (2 * p)
+    past = i0 >= n_in - 1
+    i0 = i0.clamp(max=n_in - 1)
+    i1 = torch.where(past, i0, i0 + 1)
+    w1 = torch.where(past, torch.zeros_like(w1), w1)
+    shape = [1] * t.ndim
+    shape[dim] = n_out
+    w1 = w1.to(t.dtype).to(t.device).view(shape)
+    a = t.index_select(dim, i0.to(t.device))
+    b = t.index_select(dim, i1.to(t.device))
+    return a + (b - a) * w1
+
+
 def tta_probs(run: Callable[[Batch], Batch], x: Batch, tta: TTA) -> Batch:
     """Averaged class probabilities ``N x C x H x W`` of batch ``x`` (``N x 3 x H x W``, normalised).
 
@@ -123,19 +169,18 @@ def tta_probs(run: Callable[[Batch], Batch], x: Batch, tta: TTA) -> Batch:
     first = next(iter(x.values())) if isinstance(x, Mapping) else x
     n, (height, width) = first.shape[0], first.shape[-2:]
 
-    def to_probs(v: Tensor) -> Tensor:
-        if v.shape[-2:] != (height, width):
-            v = F.interpolate(v, size=(height, width), mode="bilinear", align_corners=False)
-        return torch.softmax(v.float(), dim=1)
-
     total: Batch | None = None
     for s in tta.scales:
+        def to_probs(v: Tensor, s: float = s) -> Tensor:
+            if v.shape[-2:] != (height, width):
+                v = resize_exact(v, (height, width), 1.0 / s)
+            return torch.softmax(v.float(), dim=1)
+
         if s == 1.0:
             xs = x
         else:
             size = (max(1, round(height * s)), max(1, round(width * s)))
-            xs = _each(x, lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False,
-                                                  antialias=s < 1.0))
+            xs = _each(x, lambda t: resize_exact(t, size, s, antialias=True))
         if tta.flip:
             logits = run(_each(xs, lambda t: torch.cat([t, t.flip(-1)])))
             views = [_each(logits, lambda t: t[:n]), _each(logits, lambda t: t[n:].flip(-1))]

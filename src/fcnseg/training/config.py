@@ -53,6 +53,9 @@ class TrainConfig:
                                 items=(int, 2), min=1)
     scale_range: list | None = _f(None, "random scale [min, max]; none = no scaling", items=(float, 2), gt=0,
                                   ordered=True)
+    input_scale: float = _f(1.0, "the scale the net sees images at, recorded in its model card: predict, eval and "
+                               "validation resize each image by it (a net trained on enlarged images, e.g. "
+                               "scale_range [1.125, 2.25], is run at 1.5)", min=0.125, max=8)
     flip: bool = _f(False, "random horizontal flips")
     color_jitter: bool = _f(False, "random brightness/contrast/saturation")
     photometric: dict | None = _f(None, "appearance augmentation after color_jitter, e.g. {brightness: 0.3, "

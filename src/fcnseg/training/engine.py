@@ -331,7 +331,7 @@ class Trainer:
             self.model, model=self.cfg.model, num_classes=self.num_classes, inputs=self.input_card.inputs,
             trained=True, class_names=list(getattr(self.train_set, "class_names", [])),
             palette=palette.tolist() if palette is not None else [],
-            options=dict(self.cfg.model_options), dataset=self.cfg.dataset,
+            options=dict(self.cfg.model_options), dataset=self.cfg.dataset, input_scale=self.cfg.input_scale,
             # extra heads' class names (SIFT Flow: geo)
             head_class_names={h: list(getattr(self.train_set, f"{h}_class_names"))
                               for h in getattr(self.model, "head_classes", {})
@@ -431,7 +431,8 @@ class Trainer:
         self.normalization = cfg.normalization or getattr(probe, "normalization", "imagenet")
         # what the net is fed and how: one input spec per input, read by data, training and validation
         self.input_card = ModelCard.for_net(probe, model=cfg.model, num_classes=cfg.num_classes or 1,
-                                            normalization=self.normalization, input_key=cfg.input_key)
+                                            normalization=self.normalization, input_key=cfg.input_key,
+                                            input_scale=cfg.input_scale)
         del probe
         self._build_data()
         self._warnings = self._recipe_warnings()
