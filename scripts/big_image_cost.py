@@ -3,6 +3,9 @@
 
     python scripts/big_image_cost.py 1024 448 1024 4000 1024 10000 1024 4000@2048 1024
 
+The last line is a summary: per size the first and the repeated ("warm") cost, and the warm cost
+against the warm 1 MP cost (repeat each size to get it).
+
 Each argument is a square side in pixels, optionally ``:TILE`` (a fixed tile core instead of
 ``tile="auto"``) and ``@MB`` (the memory budget auto tiling may use; default: half the memory
 available). The image is a shipped CamVid sample repeated to the size (real texture). Prints
@@ -34,6 +37,7 @@ from fcnseg.runtime.bench import _peak_rss_mb, _reset_peak_rss
 def main(argv: list[str]) -> int:
     model = fcnseg.load_model(os.environ.get("MODEL", "camvid-fcn8s-lite0"), precision="fp32")
     base = sample_images()[0]
+    runs: dict[str, list[float]] = {}  # size -> wall s/MP of each run, in order
     for spec in argv:
         spec, _, budget = spec.partition("@")
         model.memory_budget = int(budget) * 2 ** 20 if budget else None
@@ -59,7 +63,25 @@ def main(argv: list[str]) -> int:
                           "budget_mb": budget_mb,
                           "peak_rss_mb": round(_peak_rss_mb()), "load": os.getloadavg()[0],
                           "threads": torch.get_num_threads()}), flush=True)
+        runs.setdefault(f"{h}x{w}", []).append(wall / mp)
+    print(json.dumps({"summary": summary(runs)}), flush=True)
     return 0
+
+
+def summary(runs: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """First and repeated ("warm": the median of the later runs) s/MP of each size, and the warm cost
+    against the warm 1024x1024 cost: issue 16's ratio, like for like (the first image of a size
+    also pays its page faults once, at any size)."""
+    out: dict[str, dict[str, float]] = {}
+    for size, walls in runs.items():
+        out[size] = {"first": round(walls[0], 3)}
+        if len(walls) > 1:
+            out[size]["warm"] = round(float(np.median(walls[1:])), 3)
+    ref = out.get("1024x1024", {}).get("warm")
+    for row in out.values():
+        if ref and "warm" in row:
+            row["warm_vs_1mp"] = round(row["warm"] / ref, 2)
+    return out
 
 
 if __name__ == "__main__":
