@@ -199,10 +199,9 @@ def scaled_geometry(radius: int, stride: int, receptive_field: int | None,
     ``scale``, plus the two bilinear resizes' reach (a pixel on each side). With these, tiles
     equal the whole image's result, as at scale 1 (``tta.resize_exact`` samples at the exact scale).
     """
-    from fractions import Fraction
+    from .tta import scale_fraction
 
-    f = Fraction(scale).limit_denominator(1000)
-    p, q = f.numerator, f.denominator
+    p, q = scale_fraction(scale)
     align = stride * q // math.gcd(p, stride * q)
     rf = None if receptive_field is None else math.ceil(receptive_field / scale) + 4
     return math.ceil((radius + 2) / scale) + 2, align, rf

@@ -140,9 +140,15 @@ def resize_exact(t: Tensor, size: tuple[int, int], scale: float, antialias: bool
     return t
 
 
-def _resize_axis(t: Tensor, dim: int, n_out: int, scale: float) -> Tensor:
+def scale_fraction(scale: float) -> tuple[int, int]:
+    """``scale`` as the exact fraction ``p / q`` that resizing and tile alignment both use (they must
+    agree: tiles are aligned where the resize's phases repeat)."""
     f = Fraction(scale).limit_denominator(1000)
-    p, q = f.numerator, f.denominator
+    return f.numerator, f.denominator
+
+
+def _resize_axis(t: Tensor, dim: int, n_out: int, scale: float) -> Tensor:
+    p, q = scale_fraction(scale)
     n_in = t.shape[dim]
     num = ((2 * torch.arange(n_out, dtype=torch.int64) + 1) * q - p).clamp(min=0)  # source position x 2p
     i0 = num // (2 * p)
