@@ -12,6 +12,9 @@
 #            | lite2-photometric-up15 (the shipped recipe on images scaled 1.5x more: scales 1.125-2.25;
 #              evaluate with --tta scales=1.5, the net seeing every image 1.5x larger)
 #            | lite2-photometric-wide (the shipped recipe with scales 0.75-2.25: the recipe's range and up15's)
+#            | lite2-photometric-freeze-bn (the shipped recipe with the trunk's BatchNorm statistics kept at ImageNet's)
+#            | lite2-photometric-ema (the shipped recipe validated and shipped as the running average of its
+#              weights, decay 0.99: a horizon of ~100 of the run's 200-380 steps)
 #
 # Held-out-sequence fold (docs/results.md): add e.g.
 #   --train-split train-minus-0006R0 --val-split train-only-0006R0 --run-dir runs/heldout-0006R0-VARIANT
@@ -20,7 +23,7 @@
 #   fcnseg train --resume runs/ablate-VARIANT
 # and read the result with `fcnseg plot` or the last "val" line of its log.jsonl.
 set -euo pipefail
-variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric | lite1 | lite2 | scale-wide | full-res | ohem | lovasz | lite2-photometric | lite2-photometric-ohem | lite2-photometric-lovasz | lite2-photometric-up15 | lite2-photometric-wide}
+variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric | lite1 | lite2 | scale-wide | full-res | ohem | lovasz | lite2-photometric | lite2-photometric-ohem | lite2-photometric-lovasz | lite2-photometric-up15 | lite2-photometric-wide | lite2-photometric-freeze-bn | lite2-photometric-ema}
 shift
 photometric='{brightness: 0.3, contrast: 0.3, saturation: 0.3, hue: 0.05, gamma: 0.3, blur_p: 0.2, blur_sigma: [0.5, 1.5]}'
 case "$variant" in
@@ -42,6 +45,8 @@ case "$variant" in
   lite2-photometric-lovasz) change=(--model fcn8s_lite2 --photometric "$photometric" --lovasz-weight 0.5) ;;
   lite2-photometric-up15)   change=(--model fcn8s_lite2 --photometric "$photometric" --scale-range '[1.125, 2.25]') ;;
   lite2-photometric-wide)   change=(--model fcn8s_lite2 --photometric "$photometric" --scale-range '[0.75, 2.25]') ;;
+  lite2-photometric-freeze-bn) change=(--model fcn8s_lite2 --photometric "$photometric" --freeze-bn true) ;;
+  lite2-photometric-ema)    change=(--model fcn8s_lite2 --photometric "$photometric" --ema-decay 0.99) ;;
   *) echo "unknown variant: $variant" >&2; exit 2 ;;
 esac
 exec ${FCNSEG:-fcnseg} train configs/camvid-fcn8s-lite0.yaml --epochs 10 --val-every 5 \

@@ -151,12 +151,12 @@ def _checkpoint_meta(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_checkpoint(path: Path, name: str, num_classes: int | None) -> tuple[nn.Module, ModelInfo]:
-    from ..training.checkpoint import load_checkpoint
+    from ..training.checkpoint import load_checkpoint, served_weights
 
     ckpt = load_checkpoint(path)  # verified: a damaged or foreign file is a one-line UserError
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"{path}: fcnseg checkpoint without a 'model' entry")
-    state = ckpt["model"]
+    state = served_weights(ckpt)
     if not isinstance(state, dict):
         raise UserError(f"{path}: checkpoint's 'model' entry is not a state dict")
     meta = _checkpoint_meta(ckpt)

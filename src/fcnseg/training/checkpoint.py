@@ -101,6 +101,14 @@ def load_weights_only(path: str | Path, what: str = "checkpoint",
         raise UserError(f"{path}: corrupt or truncated {what} ({_first_line(exc)})") from None
 
 
+def served_weights(ckpt: dict[str, Any]) -> Any:
+    """The weights a checkpoint serves for inference and ``init_from``: the running average of
+    the weights when the run kept one (``ema_decay``), else the trained weights. The trained
+    weights stay under ``model`` for ``--resume``."""
+    ema = ckpt.get("ema")
+    return ema["model"] if isinstance(ema, dict) and "model" in ema else ckpt["model"]
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and verify a checkpoint written by :func:`save_checkpoint`."""
     path = Path(path)

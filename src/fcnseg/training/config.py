@@ -78,6 +78,9 @@ class TrainConfig:
     lr_schedule: str = _f("fixed", "fixed, poly or cosine", choices=("fixed", "poly", "cosine"))
     poly_power: float = _f(0.9, "exponent of the poly schedule", min=0)
     warmup_iters: int = _f(0, "linear warm-up steps", min=0)
+    ema_decay: float = _f(0.0, "keep an exponential moving average of the weights with this decay per step "
+                          "(e.g. 0.999; warmed up over the first steps) and validate and ship it; 0 = off",
+                          min=0, lt=1)
     loss_normalize: bool = _f(False, "average the loss over pixels (reference: sum)")
     class_weights: Any = _f(None, "none, median_freq, sqrt_median_freq, or a list of weights",
                             check="_check_class_weights")

@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader
 from ..card import ModelCard, model_inputs
 from ..errors import UserError
 from ..outpaths import os_error_line
-from .checkpoint import load_checkpoint, load_weights_only, save_checkpoint
+from .checkpoint import load_checkpoint, load_weights_only, save_checkpoint, served_weights
 from .config import TrainConfig
 from .distributed import ResumableSampler, barrier, init_distributed, is_main
+from .ema import WeightAverage
 from .losses import lovasz_softmax, segmentation_loss
 from .rundir import check_run_dir, clear_run_dir
 from .schedule import lr_lambda
@@ -256,6 +257,13 @@ class Trainer:
                                "BatchNorm batch statistics (set freeze_bn: true to make them identical)")
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.ema = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+    @property
+    def served_model(self) -> nn.Module:
+        """The weights the run validates and writes as best/final: the running average of
+        the weights when ``ema_decay`` is set, else the trained net itself."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _build_optimizer(self) -> None:
         cfg = self.cfg
@@ -312,7 +320,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state(self, epoch: int, micro_in_epoch: int) -> dict[str, Any]:
+        extra = {"ema": self.ema.state_dict()} if self.ema is not None else {}
         return {
+            **extra,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -389,7 +399,7 @@ class Trainer:
 
         assert self.val_set is not None
         was_training = self.model.training
-        result = evaluate(self.model, self.val_set, device=self.device, progress=self.cfg.progress and self.main,
+        result = evaluate(self.served_model, self.val_set, device=self.device, progress=self.cfg.progress and self.main,
                           flip=self.cfg.val_flip, amp=self.cfg.amp != "none", card=self.input_card)
         if was_training:
             self._train_mode()
@@ -457,6 +467,8 @@ class Trainer:
             start_epoch, start_micro, self.step = pos["epoch"], pos["micro_in_epoch"], pos["step"]
             self.last_saved_step = self.step
             self.best_miou, self.best_step = st["best"]["mean_iou"], st["best"]["step"]
+            if self.ema is not None:
+                self.ema.load_state_dict(st["ema"])
         self.tb = None
         if self.main:
             try:
@@ -512,7 +524,7 @@ class Trainer:
                 # split (trainval) ships, and what a held-out fold is judged by (not best-of-fold).
                 from ..weights import save_weights
 
-                save_weights(self.model.state_dict(), self.run_dir / "final.safetensors",
+                save_weights(self.served_model.state_dict(), self.run_dir / "final.safetensors",
                              self.meta(recipe=self.cfg.to_dict(),
                                        **({"val": self.last_val_scores} if self.last_val_scores else {})))
             self.log({"type": "end", "step": self.step, "best_mean_iou": self.best_miou})
@@ -540,7 +552,7 @@ class Trainer:
             if self.main:
                 from ..weights import save_weights
 
-                save_weights(self.model.state_dict(), self.run_dir / "best.safetensors",
+                save_weights(self.served_model.state_dict(), self.run_dir / "best.safetensors",
                              self.meta(val={k: row[k] for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")}))
 
     def _run_epoch(self, epoch: int, start_micro: int, bar: Any, stop: _StopRequested) -> str:
@@ -583,6 +595,8 @@ class Trainer:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
             self.step += 1
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
@@ -728,7 +742,7 @@ def _read_state(path: str) -> dict[str, torch.Tensor]:
 
         state = load_weights(p)[0]
     else:
-        state = load_checkpoint(p)["model"]
+        state = served_weights(load_checkpoint(p))
     from ..weights import check_finite
 
     check_finite(state, str(p))
