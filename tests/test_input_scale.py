@@ -129,3 +129,13 @@ def test_training_records_the_scale_and_validates_at_it(tmp_path):
     last_val = [r for r in _rows(run) if r["type"] == "val"][-1]
     at_scale = evaluate(model.net, get_dataset("camvid", root, split="val"), card=model.card, progress=False)
     assert last_val["pixel_acc"] == pytest.approx(at_scale.scores["pixel_acc"], abs=1e-6)
+
+
+def test_bench_says_what_image_a_scaled_card_serves(files, capsys):
+    from fcnseg.cli.main import main
+
+    _, scaled = files
+    assert main(["bench", "--model", str(scaled), "--size", "48x64", "--repeats", "1", "--warmup", "1",
+                 "--threads", "1", "--precision", "fp32", "--gemm-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "runs images at 1.5x" in out and "48x64 net input" in out and "about 32x43" in out

@@ -467,6 +467,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
         "dtype": cfg.dtype,
         "backend": cfg.backend,
         "end_to_end": cfg.end_to_end,
+        "input_scale": card.input_scale,
         "method": method,
         "threads": threads,
         "warmup": cfg.warmup,
@@ -526,6 +527,11 @@ def format_report(r: dict[str, Any]) -> str:
         f"prepare      {r['prepare_s']:.1f} s to build the configuration; first call "
         f"{(r['first_call_s'] or 0) * 1000:.0f} ms",
     ]
+    scale = r.get("input_scale", 1.0)
+    if scale != 1.0:  # the card resizes every image before the net: say what image these times serve
+        lines.append(f"input scale  the model's card runs images at {scale:g}x (predict/eval resize each image by "
+                     f"it); timed here: a {h}x{w} net input, which predict gives an image of about "
+                     f"{round(h / scale)}x{round(w / scale)}")
     if r.get("untrained_layers_filled"):
         lines.append(f"weights      untrained; {r['untrained_layers_filled']} all-zero score layer(s) given random "
                      "weights so that outputs (and the agreement check) are not all zero")
