@@ -8,6 +8,7 @@
 #          row: the final weights, never a best-of-fold pick) and on CamVid val (`fcnseg eval`).
 #            device run(command="bash scripts/gpu_camvid_sweep.sh sweep", carry=["gpu-carry"], timeout_s=590)
 #          env: FOLDS ("0006R0 0001TP"), VARIANTS ("ref photometric lite2 scale-wide ohem lovasz"),
+#               SEEDS ("0": one run per seed; the seed spread is what a 1-2 point ingredient is judged against),
 #               EPOCHS (20), BUDGET_S (500: no run starts after this many seconds)
 #   final: stage 1 of configs/camvid-fcn8s-lite0.yaml with MODEL (fcn8s_lite0) and RECIPE (extra
 #          stage-1 train options) on SPLIT (trainval), EPOCHS (120) epochs, then the full-resolution
@@ -46,32 +47,34 @@ eval_val() {  # weights -> JSON scores on CamVid val (per drive)
 
 if [[ $mode == sweep ]]; then
   : > "$out/sweep.jsonl"
+  for seed in ${SEEDS:-0}; do
   for fold in ${FOLDS:-0006R0 0001TP}; do
     for variant in ${VARIANTS:-ref photometric lite2 scale-wide ohem lovasz}; do
       if (( SECONDS - start > ${BUDGET_S:-500} )); then
-        echo "{\"fold\": \"$fold\", \"variant\": \"$variant\", \"skipped\": \"time budget\"}" >> "$out/sweep.jsonl"
+        echo "{\"fold\": \"$fold\", \"variant\": \"$variant\", \"seed\": $seed, \"skipped\": \"time budget\"}" >> "$out/sweep.jsonl"
         continue
       fi
-      run=runs/gpu-$fold-$variant t0=$SECONDS
+      run=runs/gpu-$fold-$variant-seed$seed t0=$SECONDS
       bash scripts/camvid_ablation.sh "$variant" "${common[@]}" --epochs "${EPOCHS:-20}" --val-every 0 \
-        --train-split "train-minus-$fold" --val-split "train-only-$fold" --run-dir "$run" --overwrite \
-        >> "$out/sweep.log" 2>&1 || { echo "{\"fold\": \"$fold\", \"variant\": \"$variant\", \"failed\": true}" >> "$out/sweep.jsonl"; continue; }
+        --train-split "train-minus-$fold" --val-split "train-only-$fold" --run-dir "$run" --overwrite --seed "$seed" \
+        >> "$out/sweep.log" 2>&1 || { echo "{\"fold\": \"$fold\", \"variant\": \"$variant\", \"seed\": $seed, \"failed\": true}" >> "$out/sweep.jsonl"; continue; }
       eval_val "$run/final.safetensors" "$run/val.json" 2>> "$out/sweep.log"
-      $py - "$run" "$fold" "$variant" $((SECONDS - t0)) >> "$out/sweep.jsonl" <<'PY'
+      $py - "$run" "$fold" "$variant" $((SECONDS - t0)) "$seed" >> "$out/sweep.jsonl" <<'PY'
 import json, sys
 from pathlib import Path
-run, fold, variant, wall = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+run, fold, variant, wall, seed = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 rows = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines() if l.strip()]
 held = [r for r in rows if r["type"] == "val"][-1]
 speed = [r["img_per_s"] for r in rows if r["type"] == "train"]
 val = json.loads((run / "val.json").read_text()) if (run / "val.json").exists() else {}
-print(json.dumps({"fold": fold, "variant": variant, "step": held["step"], "wall_s": wall,
+print(json.dumps({"fold": fold, "variant": variant, "seed": seed, "step": held["step"], "wall_s": wall,
                   "img_per_s": round(sorted(speed)[len(speed) // 2], 1) if speed else None,
                   "heldout": {k: held[k] for k in ("mean_iou", "pixel_acc", "mean_acc")}, "heldout_iou": held["iou"],
                   "val": {k: val.get(k) for k in ("mean_iou", "pixel_acc", "mean_acc")}}))
 PY
       tail -1 "$out/sweep.jsonl"
     done
+  done
   done
 elif [[ $mode == final ]]; then
   name=${NAME:-camvid-fcn8s-lite0}
