@@ -69,6 +69,26 @@ def test_derived_splits(camvid):
     assert held.sequence_of(2) == "0006R0"
 
 
+def test_first_and_last_frames_of_a_sequence(camvid):
+    """A drive's earlier frames trained on, its next segment held out (as CamVid test's 0001TP)."""
+    # list the 0006R0 frames out of time order: the split must still take the last ones by name
+    lines = (camvid / "train.txt").read_text().splitlines()
+    lines[2], lines[4] = lines[4], lines[2]
+    (camvid / "train.txt").write_text("\n".join(lines) + "\n")
+    names = lambda split: [f["image"].name for f in get_dataset("camvid", camvid, split).files]  # noqa: E731
+    assert names("train-only-0006R0.last2") == ["0006R0_00002.png", "0006R0_00001.png"]  # list order kept
+    assert names("train-only-0006R0.first1") == ["0006R0_00000.png"]
+    fit = names("train-minus-0006R0.last2")
+    assert "0006R0_00000.png" in fit and len(fit) == 5
+    assert sorted(fit + names("train-only-0006R0.last2")) == sorted(names("train"))
+    assert names("train-only-0001TP+0006R0.first1") == ["0001TP_00000.png", "0001TP_00001.png", "0006R0_00000.png"]
+    with pytest.raises(UserError, match=r"'0006R0\.last4' asks for 4 frames but 'train' has 3 of 0006R0 "
+                                        r"\(expected 1\.\.3\)"):
+        get_dataset("camvid", camvid, "train-only-0006R0.last4")
+    with pytest.raises(UserError, match="asks for 0 frames"):
+        get_dataset("camvid", camvid, "train-only-0006R0.last0")
+
+
 def test_a_list_file_wins_over_a_derived_name(camvid):
     line = (camvid / "train.txt").read_text().splitlines()[0]
     (camvid / "trainval.txt").write_text(line + "\n")

@@ -19,6 +19,10 @@ derived name):
   e.g. ``train-minus-0006R0`` (the training side of the 0006R0 fold);
 * ``BASE-only-SEQ[+SEQ...]``: the frames of ``BASE`` from those sequences only,
   e.g. ``train-only-0006R0`` (its held-out side), ``trainval-only-0016E5``.
+* ``SEQ.lastN`` / ``SEQ.firstN`` in place of a sequence: only its last / first ``N`` frames
+  of ``BASE`` (by file name, i.e. by time), e.g. ``train-minus-0001TP.last31`` and
+  ``train-only-0001TP.last31``: a drive whose earlier part is trained on, scored on its next
+  segment (how CamVid test's ``0001TP`` frames relate to train's).
 
 An unknown sequence or an empty result is a one-line error naming the sequences
 that ``BASE`` has. :func:`heldout_splits` gives the (train, val) names of a fold.
@@ -46,7 +50,9 @@ MEDIAN_FREQUENCY_WEIGHTS = [0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.64
                             6.2478, 7.3614]
 #: the sequences (drives) of the SegNet train split, each a held-out fold of the protocol
 TRAIN_SEQUENCES = ("0001TP", "0006R0", "0016E5")
-_DERIVED = re.compile(r"^(?P<base>[A-Za-z0-9_]+)-(?P<op>minus|only)-(?P<seqs>[A-Za-z0-9]+(?:\+[A-Za-z0-9]+)*)$")
+_SEQ = r"[A-Za-z0-9]+(?:\.(?:first|last)[0-9]+)?"
+_DERIVED = re.compile(rf"^(?P<base>[A-Za-z0-9_]+)-(?P<op>minus|only)-(?P<seqs>{_SEQ}(?:\+{_SEQ})*)$")
+_PART = re.compile(r"^(?P<seq>[A-Za-z0-9]+)(?:\.(?P<end>first|last)(?P<n>[0-9]+))?$")
 
 
 def sequence_of(path: str | Path) -> str:
@@ -110,17 +116,26 @@ class CamVid(SegmentationDataset):
         if m is None or (root / f"{split}.txt").is_file():
             return CamVid._list_files(root, split)
         base, only = m["base"], m["op"] == "only"
-        wanted = m["seqs"].split("+")
         files = CamVid._list_files(root, base)
         have = sorted({sequence_of(f["image"]) for f in files})
-        unknown = [q for q in wanted if q not in have]
-        if unknown:
-            raise UserError(f"CamVid split {split!r}: sequence {unknown[0]!r} is not in the {base!r} split "
-                            f"(its sequences: {', '.join(have)})")
-        picked = [f for f in files if (sequence_of(f["image"]) in wanted) == only]
+        chosen: set[Path] = set()  # the images the named sequences (or their first/last frames) select
+        for part in m["seqs"].split("+"):
+            q = _PART.match(part)
+            assert q is not None  # _DERIVED admits only such parts
+            if q["seq"] not in have:
+                raise UserError(f"CamVid split {split!r}: sequence {q['seq']!r} is not in the {base!r} split "
+                                f"(its sequences: {', '.join(have)})")
+            frames = sorted((f["image"] for f in files if sequence_of(f["image"]) == q["seq"]), key=lambda p: p.name)
+            if q["end"]:
+                n = int(q["n"])
+                if not 1 <= n <= len(frames):
+                    raise UserError(f"CamVid split {split!r}: {part!r} asks for {n} frames but {base!r} has "
+                                    f"{len(frames)} of {q['seq']} (expected 1..{len(frames)})")
+                frames = frames[:n] if q["end"] == "first" else frames[-n:]
+            chosen.update(frames)
+        picked = [f for f in files if (f["image"] in chosen) == only]
         if not picked:
-            raise UserError(f"CamVid split {split!r} is empty: every frame of {base!r} is from "
-                            f"{', '.join(wanted)}")
+            raise UserError(f"CamVid split {split!r} is empty: every frame of {base!r} is in {m['seqs']}")
         return picked
 
     def sequence_of(self, i: int) -> str:
