@@ -18,8 +18,13 @@ CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", 
            "Pedestrian", "Bicyclist"]
 
 
+def log_rows(run: Path) -> list[dict]:
+    """The rows of a run's ``log.jsonl`` (``fcnseg train`` writes one JSON object per line)."""
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+
+
 def last_val(run: Path) -> dict:
-    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    rows = log_rows(run)
     vals = [r for r in rows if r.get("type") == "val"]
     if not vals:
         raise SystemExit(f"{run}: no validation in its log.jsonl yet")

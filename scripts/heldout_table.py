@@ -32,6 +32,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ablation_table import log_rows  # scripts/ is on sys.path when a script in it runs
+
 FOLDS = ("0001TP", "0006R0", "0016E5")
 DAYLIGHT_HELDOUT = ("0006R0", "0016E5")  # stand-ins for test's new drive Seq05VD
 SEEN_DRIVE_VAL = ("0006R0", "0001TP")  # folds that train on 0016E5: their val is a seen drive's next segment
@@ -39,10 +41,9 @@ TEST_FRAMES = {"new": 171, "seen": 62}
 
 
 def _last_val(run: Path) -> float | None:
-    log = run / "log.jsonl"
-    if not log.is_file():
+    if not (run / "log.jsonl").is_file():
         return None
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    rows = log_rows(run)
     if not any(r.get("type") == "end" for r in rows):
         return None  # still training: its last validation is not the final weights'
     vals = [r for r in rows if r.get("type") == "val"]
