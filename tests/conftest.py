@@ -28,6 +28,14 @@ def shared_dir() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """A tiny CamVid-layout data set (8 train, 3 val images; ``test_training._write_camvid``), one per
+    test module; modules that need another size define their own ``data_root``."""
+    from test_training import _write_camvid
+    return _write_camvid(tmp_path_factory.mktemp("camvid"))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -16,12 +16,7 @@ from fcnseg.training import load_checkpoint
 from fcnseg.training.ema import WeightAverage, warmed_up_decay
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_training import _config, _rows, _write_camvid  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return _write_camvid(tmp_path_factory.mktemp("camvid"))
+from test_training import _config, _rows  # noqa: E402
 
 
 def test_update_rule_with_warm_up_and_buffers():

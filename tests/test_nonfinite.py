@@ -20,11 +20,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_training import _config, _rows, _write_camvid  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return _write_camvid(tmp_path_factory.mktemp("camvid"))
-
-
 def _assert_finite_checkpoint(path: Path, step: int) -> None:
     state = load_checkpoint(path)
     assert state["position"]["step"] == step

@@ -44,11 +44,6 @@ def _write_camvid(root: Path, n_train: int = 8, n_val: int = 3) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return _write_camvid(tmp_path_factory.mktemp("camvid"))
-
-
 def _config(data_root: Path, run_dir: Path, **over) -> Path:
     cfg = {
         "model": "fcn32s_lite0", "dataset": "camvid", "data_root": str(data_root), "val_split": "val",
