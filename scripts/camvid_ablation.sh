@@ -15,6 +15,8 @@
 #            | lite2-photometric-freeze-bn (the shipped recipe with the trunk's BatchNorm statistics kept at ImageNet's)
 #            | lite2-photometric-ema (the shipped recipe validated and shipped as the running average of its
 #              weights, decay 0.99: a horizon of ~100 of the run's 200-380 steps)
+#            | lite2-photometric-up15-ema (up15 with the weight average of -ema: same seed, same raw
+#              trajectory as up15, so the pair differs only in the weights served)
 #            | lite2-photometric-mfb (the shipped recipe with full median-frequency class weights, not their square root)
 #
 # Held-out-sequence fold (docs/results.md): add e.g.
@@ -24,7 +26,7 @@
 #   fcnseg train --resume runs/ablate-VARIANT
 # and read the result with `fcnseg plot` or the last "val" line of its log.jsonl.
 set -euo pipefail
-variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric | lite1 | lite2 | scale-wide | full-res | ohem | lovasz | lite2-photometric | lite2-photometric-ohem | lite2-photometric-lovasz | lite2-photometric-up15 | lite2-photometric-wide | lite2-photometric-freeze-bn | lite2-photometric-ema | lite2-photometric-mfb}
+variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric | lite1 | lite2 | scale-wide | full-res | ohem | lovasz | lite2-photometric | lite2-photometric-ohem | lite2-photometric-lovasz | lite2-photometric-up15 | lite2-photometric-wide | lite2-photometric-freeze-bn | lite2-photometric-ema | lite2-photometric-up15-ema | lite2-photometric-mfb}
 shift
 photometric='{brightness: 0.3, contrast: 0.3, saturation: 0.3, hue: 0.05, gamma: 0.3, blur_p: 0.2, blur_sigma: [0.5, 1.5]}'
 case "$variant" in
@@ -48,6 +50,7 @@ case "$variant" in
   lite2-photometric-wide)   change=(--model fcn8s_lite2 --photometric "$photometric" --scale-range '[0.75, 2.25]') ;;
   lite2-photometric-freeze-bn) change=(--model fcn8s_lite2 --photometric "$photometric" --freeze-bn true) ;;
   lite2-photometric-ema)    change=(--model fcn8s_lite2 --photometric "$photometric" --ema-decay 0.99) ;;
+  lite2-photometric-up15-ema) change=(--model fcn8s_lite2 --photometric "$photometric" --scale-range '[1.125, 2.25]' --ema-decay 0.99) ;;
   lite2-photometric-mfb)    change=(--model fcn8s_lite2 --photometric "$photometric" --class-weights median_freq) ;;
   *) echo "unknown variant: $variant" >&2; exit 2 ;;
 esac
