@@ -10,7 +10,8 @@ reads the three fold runs ``runs/heldout-FOLD-VARIANT`` written by
 
 and prints, per fold, the mean IU on the held-out drive (the final weights: the run's last
 validation row at S = 1, else ``RUN/heldout-sS.json``) and on CamVid val (``RUN/val-sS.json``);
-``--evaluate`` writes the missing JSON files with ``fcnseg eval``.
+``--evaluate`` writes the missing JSON files with ``fcnseg eval``; ``--json FILE`` writes the table
+as a JSON object too (what ``scripts/ship_model.py --heldout`` records in a shipped model's card).
 
 Why a test-like score: CamVid test is 171 frames of ``Seq05VD``, a daylight drive in no training
 split, and 62 frames of ``0001TP``, the dusk drive whose previous segment *is* in train. A model
@@ -61,6 +62,10 @@ def _scored(run: Path, split: str, scale: float, name: str, evaluate: bool, root
     return json.loads(out.read_text())["mean_iou"] if out.is_file() else None
 
 
+def _percent(v: float | None) -> float | None:
+    return None if v is None else round(100 * v, 1)
+
+
 def _mean(values: list[float | None]) -> float | None:
     return None if any(v is None for v in values) else sum(values) / len(values)  # type: ignore[arg-type]
 
@@ -71,7 +76,9 @@ def main() -> None:
     ap.add_argument("--runs", default="runs", help="folder of the runs/heldout-FOLD-VARIANT run folders")
     ap.add_argument("--root", default="../shared/data/camvid", help="CamVid root (for --evaluate)")
     ap.add_argument("--evaluate", action="store_true", help="run fcnseg eval where a score file is missing")
+    ap.add_argument("--json", type=Path, help="also write the table to this JSON file (mean IU in percent)")
     args = ap.parse_args()
+    table: dict[str, dict] = {}
     head = (["variant"] + [f"held-out {f}" for f in FOLDS] + [f"val ({f} fold)" for f in FOLDS]
             + ["mean held-out (3 drives)", "test-like"])
     print("| " + " | ".join(head) + " |")
@@ -92,12 +99,24 @@ def main() -> None:
         test_like = None if new is None or seen is None else (
             (TEST_FRAMES["new"] * new + TEST_FRAMES["seen"] * seen) / total)
 
+        table[spec] = {"held-out": {f: _percent(held[f]) for f in FOLDS},
+                       "val": {f: _percent(val[f]) for f in FOLDS},
+                       "mean held-out (3 drives)": _percent(_mean(list(held.values()))),
+                       "test-like": _percent(test_like)}
+
         def pct(v: float | None) -> str:
             return "-" if v is None else f"{100 * v:.1f}"
 
         cells = ([spec] + [pct(held[f]) for f in FOLDS] + [pct(val[f]) for f in FOLDS]
                  + [pct(_mean(list(held.values()))), f"**{pct(test_like)}**"])
         print("| " + " | ".join(cells) + " |")
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "protocol": "10-epoch stage-1 fold runs (runs/heldout-FOLD-VARIANT), final weights; mean IU in percent on "
+                        "the held-out drive and on CamVid val; VARIANT@S: the net run at input scale S; test-like = "
+                        "171/233 x mean(held-out 0006R0, 0016E5) + 62/233 x mean(val of folds 0006R0, 0001TP) "
+                        "(scripts/heldout_table.py, docs/results.md)",
+            "variants": table}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
