@@ -29,6 +29,8 @@ def warmed_up_decay(decay: float, updates: int) -> float:
 def _ema_update(decay: float):
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        # int() reads the count from the device; AveragedModel.update_parameters already does
+        # (``n_averaged == 0`` / ``> 0``) on every update, so this adds no synchronisation
         d = warmed_up_decay(decay, int(n_averaged))
         if averaged[0].is_floating_point():
             torch._foreach_lerp_(averaged, current, 1.0 - d)
