@@ -11,7 +11,7 @@ __all__ = ["DEFAULT_MODEL", "WEIGHTS_DIR", "list_shipped_models", "shipped_weigh
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the shipped model that ``fcnseg predict``, ``eval`` and ``demo`` use when no ``--model`` is given
-DEFAULT_MODEL = "camvid-fcn8s-lite2"
+DEFAULT_MODEL = "camvid-fcn8s-lite2-up15"
 
 
 def list_shipped_models() -> list[str]:

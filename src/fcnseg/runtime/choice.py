@@ -36,7 +36,8 @@ __all__ = [
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 #: Paths ``precision="auto"`` may choose, each one checked on the shipped camvid-fcn8s-lite0 (and bf16
-#: on camvid-fcn8s-lite2: val +0.1, 99.82 % sample agreement, docs/results.md):
+#: on camvid-fcn8s-lite2: val +0.1, 99.82 % sample agreement; camvid-fcn8s-lite2-up15: val +0.01,
+#: 99.85 %; docs/results.md):
 #: CamVid val mIoU within 0.3 of fp32 and label agreement >= 99.5 % on the shipped samples
 #: (docs/performance.md, "precision=auto"; the figures are in that table). A path missing
 #: here is never chosen automatically (it stays available by name).
