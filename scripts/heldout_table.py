@@ -66,6 +66,10 @@ def _percent(v: float | None) -> float | None:
     return None if v is None else round(100 * v, 1)
 
 
+def _cell(percent: float | None) -> str:
+    return "-" if percent is None else f"{percent:.1f}"
+
+
 def _mean(values: list[float | None]) -> float | None:
     return None if any(v is None for v in values) else sum(values) / len(values)  # type: ignore[arg-type]
 
@@ -99,16 +103,12 @@ def main() -> None:
         test_like = None if new is None or seen is None else (
             (TEST_FRAMES["new"] * new + TEST_FRAMES["seen"] * seen) / total)
 
-        table[spec] = {"held-out": {f: _percent(held[f]) for f in FOLDS},
-                       "val": {f: _percent(val[f]) for f in FOLDS},
-                       "mean held-out (3 drives)": _percent(_mean(list(held.values()))),
-                       "test-like": _percent(test_like)}
-
-        def pct(v: float | None) -> str:
-            return "-" if v is None else f"{100 * v:.1f}"
-
-        cells = ([spec] + [pct(held[f]) for f in FOLDS] + [pct(val[f]) for f in FOLDS]
-                 + [pct(_mean(list(held.values()))), f"**{pct(test_like)}**"])
+        row = table[spec] = {"held-out": {f: _percent(held[f]) for f in FOLDS},
+                             "val": {f: _percent(val[f]) for f in FOLDS},
+                             "mean held-out (3 drives)": _percent(_mean(list(held.values()))),
+                             "test-like": _percent(test_like)}
+        cells = ([spec] + [_cell(row["held-out"][f]) for f in FOLDS] + [_cell(row["val"][f]) for f in FOLDS]
+                 + [_cell(row["mean held-out (3 drives)"]), f"**{_cell(row['test-like'])}**"])
         print("| " + " | ".join(cells) + " |")
     if args.json is not None:
         args.json.write_text(json.dumps({
