@@ -382,3 +382,53 @@ def test_ohem_and_lovasz_train_and_change_the_trajectory(data_root, tmp_path):
         saved = load_config(run / "config.yaml")
         assert (saved.ohem_keep, saved.lovasz_weight) == (over.get("ohem_keep", 1.0), over.get("lovasz_weight", 0.0))
     assert not torch.equal(states["ce"], states["ohem"]) and not torch.equal(states["ce"], states["lovasz"])
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "last.pt")["model"]
+
+
+def test_resume_with_the_same_step_in_smaller_passes(data_root, tmp_path, capsys):
+    """batch 2 x 1 pass resumed as batch 1 x 2 passes: same images per step and schedule, so with
+    BatchNorm frozen and equal pixels per image the weights equal the unsplit run's (to rounding)."""
+    common = dict(epochs=2, max_iters=2, val_split=None, flip=False)  # stops mid-epoch: 2 of 4 batches
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    for run in (whole, split):
+        assert main(["train", str(_config(data_root, run, **common))]) == 0
+    assert load_checkpoint(split / "last.pt")["position"]["micro_in_epoch"] == 2
+    assert main(["train", "--resume", str(whole), "--max-iters", "8"]) == 0
+    assert main(["train", "--resume", str(split), "--max-iters", "8", "--batch-size", "1", "--grad-accum", "2"]) == 0
+    state = load_checkpoint(split / "last.pt")
+    assert state["position"]["step"] == 8 and state["config"]["batch_size"] == 1
+    a, b = _weights(whole), _weights(split)
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-4
+    # a split that changes the images per step is refused, naming the product to keep
+    capsys.readouterr()
+    assert main(["train", "--resume", str(split), "--max-iters", "9", "--batch-size", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "must stay 2" in err and "Traceback" not in err
+
+
+def test_out_of_memory_is_one_line_with_the_way_on(data_root, tmp_path, capsys, monkeypatch):
+    """An allocation failure mid-run names the device, the batch and the resume command that
+    takes the same step in smaller passes, and the last checkpoint; the command then works."""
+    from fcnseg.training import engine
+
+    run = tmp_path / "oom"
+    real_loss, calls = engine.Trainer._loss, {"n": 0}
+
+    def failing_loss(self, out, y):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_loss(self, out, y)
+
+    monkeypatch.setattr(engine.Trainer, "_loss", failing_loss)
+    assert main(["train", str(_config(data_root, run, epochs=1, val_split=None))]) == 2
+    err = capsys.readouterr().err
+    assert "out of memory on cpu in training step 3 (batch_size 2 of whole images)" in err
+    assert f"--resume {run} --batch-size 1 --grad-accum 2" in err
+    assert "step 2)" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(engine.Trainer, "_loss", real_loss)
+    assert main(["train", "--resume", str(run), "--batch-size", "1", "--grad-accum", "2"]) == 0
+    assert load_checkpoint(run / "last.pt")["position"]["step"] == 4

@@ -15,7 +15,8 @@ import random
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ from .schedule import lr_lambda
 
 RESUMABLE_OVERRIDES = {"epochs", "max_iters", "workers", "progress", "device", "threads", "log_every",
                        "checkpoint_every", "val_every", "val_every_iters", "tensorboard", "run_dir"}
+RESPLIT_OVERRIDES = {"batch_size", "grad_accum"}
+"""May change together on ``--resume`` while ``batch_size x grad_accum`` stays the same: the
+recovery from running out of memory (same images per step, same schedule, smaller passes)."""
 
 
 # ---------------------------------------------------------------------------- RNG state
@@ -111,6 +115,7 @@ class Trainer:
         self.resume_state = resume_state
         self.overwrite = overwrite
         self.run_dir = Path(config.run_dir)
+        self._in_validation = False
 
     # ------------------------------------------------------------------ set-up
     def _setup_device(self) -> None:
@@ -399,8 +404,13 @@ class Trainer:
 
         assert self.val_set is not None
         was_training = self.model.training
-        result = evaluate(self.served_model, self.val_set, device=self.device, progress=self.cfg.progress and self.main,
-                          flip=self.cfg.val_flip, amp=self.cfg.amp != "none", card=self.input_card)
+        self._in_validation = True
+        try:
+            result = evaluate(self.served_model, self.val_set, device=self.device,
+                              progress=self.cfg.progress and self.main, flip=self.cfg.val_flip,
+                              amp=self.cfg.amp != "none", card=self.input_card)
+        finally:
+            self._in_validation = False
         if was_training:
             self._train_mode()
         return result.scores
@@ -498,7 +508,7 @@ class Trainer:
                    unit="step", dynamic_ncols=True)
         status = "done"
         self._done_micro = 0
-        with _StopRequested() as stop:
+        with _StopRequested() as stop, self._out_of_memory_is_a_user_error():
             epoch = start_epoch
             while self.step < self.total_steps and epoch < cfg.epochs:
                 status = self._run_epoch(epoch, start_micro, bar, stop)
@@ -511,14 +521,14 @@ class Trainer:
                 self.save(epoch, 0)
             else:
                 status = "done"
-        bar.close()
-        if status == "done":
-            micro = self._done_micro
-            if micro >= self.steps_per_epoch * cfg.grad_accum:  # stopped exactly at an epoch end
-                epoch, micro = epoch + 1, 0
-            if self.val_set is not None and self.last_val_step != self.step:
-                self._validate_and_track(epoch)
-            self.save(epoch, micro)
+            bar.close()
+            if status == "done":
+                micro = self._done_micro
+                if micro >= self.steps_per_epoch * cfg.grad_accum:  # stopped exactly at an epoch end
+                    epoch, micro = epoch + 1, 0
+                if self.val_set is not None and self.last_val_step != self.step:
+                    self._validate_and_track(epoch)
+                self.save(epoch, micro)
             if self.main:
                 # The finished run's weights in the served format: what a run without a held-out
                 # split (trainval) ships, and what a held-out fold is judged by (not best-of-fold).
@@ -536,6 +546,42 @@ class Trainer:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         return summary
+
+    @contextmanager
+    def _out_of_memory_is_a_user_error(self) -> Iterator[None]:
+        """Running out of memory (a CUDA OOM, a failed CPU allocation) is a one-line error with
+        the way on: the last checkpoint and the same step in smaller passes, which --resume takes.
+
+        A CPU process the kernel's OOM killer ends cannot say anything; that is left to the
+        shell ("Killed", exit status 137), and the checkpoint rule still bounds what is lost.
+        """
+        try:
+            yield
+        except Exception as exc:
+            from ..runtime.memory import is_out_of_memory
+
+            if not is_out_of_memory(exc):
+                raise
+            raise UserError(self._out_of_memory_message()) from None
+
+    def _out_of_memory_message(self) -> str:
+        cfg = self.cfg
+        where = "validation" if self._in_validation else f"training step {self.step + 1}"
+        crop = f" of {cfg.crop_size[0]}x{cfg.crop_size[1]} crops" if cfg.crop_size else " of whole images"
+        msg = f"out of memory on {self.device} in {where} (batch_size {cfg.batch_size}{crop}). "
+        if self._in_validation:
+            msg += "Validation runs whole images one at a time; use a smaller val split or a larger device. "
+        elif cfg.batch_size > 1:
+            smaller = cfg.batch_size // 2
+            accum = cfg.batch_size * cfg.grad_accum // smaller if cfg.batch_size % smaller == 0 else None
+            if accum and smaller * accum == cfg.batch_size * cfg.grad_accum:
+                msg += (f"Same step in smaller passes: `fcnseg train --resume {self.run_dir} --batch-size "
+                        f"{smaller} --grad-accum {accum}`. ")
+            else:
+                msg += "Lower batch_size (raising grad_accum keeps the images per step). "
+        else:
+            msg += "Lower crop_size" + (", or train with amp: bf16. " if cfg.amp == "none" else ". ")
+        return msg + self._last_good()
 
     def _validate_and_track(self, epoch: int) -> None:
         scores = self.validate()
@@ -760,11 +806,40 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> dict
 
     check_finite({"model": state["model"], "optimizer": state["optimizer"]}, str(ckpt))
     data = dict(state["config"])
+    before = dict(data)
     for key, value in (overrides or {}).items():
-        if key not in RESUMABLE_OVERRIDES and data.get(key) != value:
+        if key not in RESUMABLE_OVERRIDES | RESPLIT_OVERRIDES and data.get(key) != value:
             raise UserError(f"option {key} cannot change on --resume (it would change the run); "
-                            f"allowed: {', '.join(sorted(RESUMABLE_OVERRIDES))}")
+                            f"allowed: {', '.join(sorted(RESUMABLE_OVERRIDES))}, and batch_size with "
+                            f"grad_accum when their product stays the same")
         data[key] = value
+    _resplit_position(state, before, data)
     data["run_dir"] = str(run_dir)
     cfg = TrainConfig.from_dict(data, str(ckpt))
     return Trainer(cfg, resume_state=state).fit()
+
+
+def _resplit_position(state: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> None:
+    """Convert the checkpoint's position when ``batch_size`` / ``grad_accum`` change on resume.
+
+    The sampler's order depends on the epoch only, and a checkpoint lies on a step boundary, so
+    a step of B images in A passes becomes the same B x A images in A' passes of B': the images
+    per step, the steps per epoch and the schedule are unchanged. Not bit-identical to the
+    uninterrupted run: BatchNorm sees batches of B' instead of B.
+    """
+    old_b, old_a = int(before.get("batch_size", 1)), int(before.get("grad_accum", 1))
+    new_b, new_a = int(after.get("batch_size", 1)), int(after.get("grad_accum", 1))
+    if (old_b, old_a) == (new_b, new_a):
+        return
+    if old_b * old_a != new_b * new_a:
+        raise UserError(f"--batch-size {new_b} --grad-accum {new_a} on --resume: the run takes "
+                        f"{old_b} x {old_a} = {old_b * old_a} images per step, and batch_size x grad_accum "
+                        f"must stay {old_b * old_a} (e.g. --batch-size {max(old_b // 2, 1)} "
+                        f"--grad-accum {old_b * old_a // max(old_b // 2, 1)})")
+    pos = dict(state["position"])
+    images = pos["micro_in_epoch"] * old_b
+    if images % new_b:
+        raise UserError(f"the checkpoint stopped {pos['micro_in_epoch']} batches of {old_b} into an epoch, "
+                        f"which is not a whole number of batches of {new_b}")
+    pos["micro_in_epoch"] = images // new_b
+    state["position"] = pos
