@@ -432,3 +432,38 @@ def test_out_of_memory_is_one_line_with_the_way_on(data_root, tmp_path, capsys, 
     monkeypatch.setattr(engine.Trainer, "_loss", real_loss)
     assert main(["train", "--resume", str(run), "--batch-size", "1", "--grad-accum", "2"]) == 0
     assert load_checkpoint(run / "last.pt")["position"]["step"] == 4
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_the_first_step(data_root, tmp_path, capsys, monkeypatch):
+    """The estimate (runtime.memory.training_bytes) against the memory available: below its low
+    end the run is refused in one line naming the batch; between its ends it warns and trains."""
+    from fcnseg.models import get_model
+    from fcnseg.runtime import memory
+
+    low, high = memory.training_bytes(get_model("fcn32s_lite0", 11), (2, 3, H, W))
+    assert 0 < low < high
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": low - 1)
+    run = tmp_path / "small"
+    assert main(["train", str(_config(data_root, run, epochs=1, val_split=None))]) == 2
+    err = capsys.readouterr().err
+    assert f"batch_size 2 of {H}x{W} inputs: a training step needs about" in err
+    assert "lower batch_size" in err and "Traceback" not in err
+    assert not (run / "last.pt").exists()
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": (low + high) // 2)
+    run = tmp_path / "tight"
+    assert main(["train", str(_config(data_root, run, epochs=1, val_split=None))]) == 0
+    warnings = [r["message"] for r in _rows(run) if r["type"] == "warning"]
+    assert any("may run out of memory" in m for m in warnings)
+
+
+def test_training_estimate_grows_with_the_batch():
+    """The (low, high) estimate scales with the batch above a fixed weights part (3x the weights at the low end);
+    scripts/train_memory.py compares it with measured peaks."""
+    from fcnseg.models import get_model
+    from fcnseg.runtime.memory import param_bytes, training_bytes
+
+    net = get_model("fcn8s_lite0", 11)
+    one, four = training_bytes(net, (1, 3, 96, 128)), training_bytes(net, (4, 3, 96, 128))
+    weights = 3 * (param_bytes(net) + sum(b.numel() * b.element_size() for b in net.buffers()))
+    assert one[0] > weights and abs((four[0] - weights) - 4 * (one[0] - weights)) <= 4
+    assert four[1] > four[0]

@@ -1,4 +1,4 @@
-"""Will a forward pass fit? An estimate made before allocating, for one-line refusals.
+"""Will a forward pass (or a training step) fit? An estimate made before allocating, for one-line refusals.
 
 ``bench --size 100000x100000`` or ``export --trace-size 100000x100000`` would otherwise die
 in the allocator with a traceback (or be killed by the OOM killer). The estimate runs the
@@ -44,38 +44,70 @@ def param_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def forward_bytes(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> int:
-    """Estimated peak bytes of one inference forward of ``model`` on an input of ``shape``."""
+def _leaf_outputs(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[list[int], int] | None:
+    """Bytes of every leaf module's output (in-place ones skipped: they add no tensor) and of the
+    net's output, from a run on the ``meta`` device; None for a net the meta device cannot run."""
     elem = torch.empty((), dtype=dtype).element_size()
-    largest = [0, 0]
+    sizes: list[int] = []
 
-    def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+    def hook(m: nn.Module, _inp: Any, out: Any) -> None:
+        if getattr(m, "inplace", False):
+            return
         outs = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else [out]
-        for t in outs:
-            if torch.is_tensor(t):
-                largest.append(t.numel() * elem)
-                largest.sort(reverse=True)
-                del largest[2:]
+        sizes.extend(t.numel() * elem for t in outs if torch.is_tensor(t))
 
-    weights = param_bytes(model) + sum(t.numel() * t.element_size() for t in model.buffers())
-    inputs = elem
-    for n in shape:
-        inputs *= n
     meta = {k: torch.empty_like(v, device="meta")
             for k, v in itertools.chain(model.named_parameters(), model.named_buffers())}
     hooks = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
             out = torch.func.functional_call(model, meta, (torch.empty(shape, dtype=dtype, device="meta"),))
-    except Exception:  # a net the meta device cannot run: fall back to input + output-sized maps
-        out = None
-        largest = [inputs, inputs]
+    except Exception:
+        return None
     finally:
         for h in hooks:
             h.remove()
     outs = out.values() if isinstance(out, dict) else [out] if torch.is_tensor(out) else []
-    output = sum(t.numel() * elem for t in outs)
-    return weights + inputs + sum(largest) + output
+    return sizes, sum(t.numel() * elem for t in outs)
+
+
+def _state_bytes(model: nn.Module) -> int:
+    return param_bytes(model) + sum(t.numel() * t.element_size() for t in model.buffers())
+
+
+def forward_bytes(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> int:
+    """Estimated peak bytes of one inference forward of ``model`` on an input of ``shape``."""
+    inputs = torch.empty((), dtype=dtype).element_size()
+    for n in shape:
+        inputs *= n
+    leaves = _leaf_outputs(model, shape, dtype)
+    if leaves is None:  # fall back to input + output-sized maps
+        largest, output = [inputs, inputs], 0
+    else:
+        largest, output = sorted(leaves[0], reverse=True)[:2], leaves[1]
+    return _state_bytes(model) + inputs + sum(largest) + output
+
+
+def training_bytes(model: nn.Module, shape: tuple[int, ...],
+                   dtype: torch.dtype = torch.float32) -> tuple[int, int] | None:
+    """A (low, high) estimate of the peak bytes of one training step on a batch of ``shape``.
+
+    Backward keeps what forward computed: every leaf module's output, held at once. Measured
+    on the CPU (peak RSS of real SGD steps against these sums, ``fcn8s_vgg16`` and
+    ``fcn8s_lite0/2`` at 256x256-540x720, batch 1-8) each image costs 1.2x (VGG16, in-place
+    ReLUs) to 2.2x (the EfficientNet-Lite trunks) the sum of its leaf outputs, and the weights
+    3-4x their size (themselves, gradients, momentum, the optimiser's temporaries;
+    ``scripts/train_memory.py`` measures both); the fcnseg trainer's own overhead
+    (data, logging; ~0.5 GB) and allocator growth over an epoch (up to ~1.4x) come on top.
+    Work done between modules (GoogLeNet's concatenations, AlexNet's grouped halves) is not
+    counted: those nets needed 1.5-2.2x the low end (1.04-1.27x the high one), so the low end,
+    which refuses a run, stays below what every net measured needed.
+    """
+    leaves = _leaf_outputs(model, shape, dtype)
+    if leaves is None:
+        return None
+    activations, weights = sum(leaves[0]), _state_bytes(model)
+    return 3 * weights + int(1.2 * activations), 4 * weights + int(2.2 * activations)
 
 
 def check_fits(model: nn.Module, shape: tuple[int, ...], device: torch.device | str, option: str,

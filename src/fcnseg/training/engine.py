@@ -116,6 +116,7 @@ class Trainer:
         self.overwrite = overwrite
         self.run_dir = Path(config.run_dir)
         self._in_validation = False
+        self._memory_checked = False
 
     # ------------------------------------------------------------------ set-up
     def _setup_device(self) -> None:
@@ -564,6 +565,41 @@ class Trainer:
                 raise
             raise UserError(self._out_of_memory_message()) from None
 
+    def _check_memory(self, x: Any) -> None:
+        """Before the first step: refuse a batch that cannot fit, warn about one that may not.
+
+        On the CPU the kernel's OOM killer ends a process that asks for too much without a word
+        (or the machine swaps for hours first), so the estimate (:func:`training_bytes`) speaks
+        before that; processes of one CPU run share its RAM.
+        """
+        from ..runtime.memory import GiB, available_bytes, training_bytes
+
+        self._memory_checked = True
+        if not torch.is_tensor(x):
+            return  # several inputs (RGB-D): no estimate
+        dtype = torch.float32 if self.cfg.amp == "none" else torch.bfloat16
+        estimate = training_bytes(self.model, tuple(x.shape), dtype)
+        have = available_bytes(self.device)
+        if estimate is None or have is None:
+            return
+        if self.device.type == "cpu":
+            have //= self.world
+        low, high = estimate
+        if high <= have:
+            return
+        cfg = self.cfg
+        what = (f"batch_size {cfg.batch_size} of {x.shape[-2]}x{x.shape[-1]} inputs: a training step needs about "
+                f"{low / GiB:.1f}-{high / GiB:.1f} GiB (estimate), and {have / GiB:.1f} GiB is "
+                f"{'free on the GPU' if self.device.type == 'cuda' else 'available RAM'}")
+        fix = ("lower batch_size (raising grad_accum keeps the images per step) or crop_size"
+               if cfg.batch_size > 1 else "lower crop_size")
+        if low > have:
+            raise UserError(f"{what}; {fix}")
+        msg = f"{what}: it may run out of memory; if it does, {fix}"
+        if self.main:
+            tqdm_write(f"warning: {msg}")
+        self.log({"type": "warning", "step": self.step, "message": msg})
+
     def _out_of_memory_message(self) -> str:
         cfg = self.cfg
         where = "validation" if self._in_validation else f"training step {self.step + 1}"
@@ -618,6 +654,8 @@ class Trainer:
                 continue
             x = self._inputs(batch)
             y = self._targets(batch)
+            if not self._memory_checked:
+                self._check_memory(x)
             bn_probe = None if self._bn_checked else self._probe_bn_statistics()
             sync = micro % accum == 0
             ctx = model.no_sync() if (self.world > 1 and not sync) else nullcontext()
