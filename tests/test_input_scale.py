@@ -57,6 +57,41 @@ def test_resize_exact_samples_at_the_scale_so_crops_agree():
     torch.testing.assert_close(resize_exact(x, tuple(down.shape[-2:]), 0.75), down, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_strided_resize_is_bit_identical_to_gathering(monkeypatch, dtype):
+    """The per-phase strided lerps give the gather path's values bit for bit, edges included, in
+    both memory layouts (tiles rely on it: a tile and the whole image may take either path)."""
+    from fcnseg.inference import tta
+
+    gen = torch.Generator().manual_seed(0)
+    cases = []
+    for scale in (1.5, 1 / 1.5, 2.0, 0.5, 0.75, 1.25, 3.0, 1.1, 0.37):
+        for h, w in ((7, 9), (61, 97), (36, 48)):
+            x = torch.randn(2, 5, h, w, generator=gen).to(dtype)
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            cases += [(x, size, scale), (x.contiguous(memory_format=torch.channels_last), size, scale)]
+    strided = [resize_exact(*case) for case in cases]
+    monkeypatch.setattr(tta, "_MAX_STRIDED_PHASES", 0)  # every axis by gathering
+    for case, fast in zip(cases, strided):
+        assert torch.equal(resize_exact(*case), fast), case[1:]
+
+
+def test_one_view_at_a_scale_gives_logits_with_the_probabilities_argmax():
+    """A net run at its input scale is one view: tta_scores returns its logits mapped back (no
+    softmax), whose argmax is that of the one-view probabilities."""
+    from fcnseg.inference.tta import tta_probs, tta_scores
+
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    x = torch.randn(2, 3, 30, 44)
+    with torch.no_grad():
+        logits, is_prob = tta_scores(conv, x, TTA(scales=(1.5,)))
+        probs = tta_probs(conv, x, TTA(scales=(1.5,)))
+        _, averaged = tta_scores(conv, x, TTA(scales=(1.0, 1.5)))
+    assert not is_prob and averaged and logits.shape == probs.shape == (2, 4, 30, 44)
+    torch.testing.assert_close(torch.softmax(logits, 1), probs)
+    assert torch.equal(logits.argmax(1), probs.argmax(1))
+
+
 def test_scaled_geometry_aligns_windows_in_the_resized_image():
     radius, align, rf = scaled_geometry(100, 32, 200, 1.5)
     assert align == 64 and (align * 1.5) % 32 == 0

@@ -170,7 +170,7 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
             :meth:`fcnseg.card.ModelCard.for_net`).
     """
     from .data.transforms import eval_transforms
-    from .inference.tta import at_input_scale, parse_tta, tta_probs
+    from .inference.tta import at_input_scale, parse_tta, tta_scores
 
     views = parse_tta(tta, flip=flip)
     dev = torch.device(device)
@@ -242,7 +242,7 @@ def evaluate(model: nn.Module, dataset: Any, device: str | torch.device = "cpu",
             for group in _groups(good, max(1, batch_size), card.inputs[0].key):
                 x = model_inputs(card, group, dev)
                 with torch.autocast(dev.type, dtype=autocast_dtype, enabled=amp):
-                    out = tta_probs(model, x, views) if views.active else model(x)  # scores or probabilities
+                    out = tta_scores(model, x, views)[0]  # logits, or averaged probabilities
                 outs = out if isinstance(out, Mapping) else {None: out}
                 for head, logits in outs.items():
                     pred = logits.float().argmax(1)

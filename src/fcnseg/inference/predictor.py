@@ -30,7 +30,7 @@ from .tiling import (
     predict_tiled,
     scaled_geometry,
 )
-from .tta import TTA, at_input_scale, parse_tta, tta_probs
+from .tta import TTA, at_input_scale, parse_tta, tta_scores
 
 __all__ = ["Segmenter", "AUTO_TILE", "AUTO_TILE_PIXELS"]
 
@@ -289,14 +289,11 @@ class Segmenter:
     def scores(self, x: Tensor, tta: TTA | None = None) -> tuple[Tensor, bool]:
         """Scores of a normalised batch: ``(N x C x H x W, is_probability)``.
 
-        Without TTA these are the logits (no softmax is spent when only labels are
-        wanted); with TTA, averaged probabilities. ``tta`` is run as given (the views, input
-        scale included); None: this Segmenter's default TTA at the net's input scale.
+        One view (no TTA, at any input scale) gives logits (no softmax is spent when only
+        labels are wanted); several, averaged probabilities. ``tta`` is run as given (the views,
+        input scale included); None: this Segmenter's default TTA at the net's input scale.
         """
-        tta = self._views(self.tta) if tta is None else tta
-        if tta.active:
-            return tta_probs(self._logits, x, tta), True
-        return self._logits(x), False
+        return tta_scores(self._logits, x, self._views(self.tta) if tta is None else tta)
 
     def _views(self, tta: TTA) -> TTA:
         """The views run for test-time augmentation ``tta``: its scales times the net's input scale."""
@@ -349,7 +346,7 @@ class Segmenter:
             def window_scores(win: np.ndarray) -> Tensor:
                 return self.scores(self._batch_tensor([win]), views)[0][0]
 
-            to_probs = None if views.active else (lambda s: torch.softmax(s.float(), dim=0))
+            to_probs = None if views.num_views > 1 else (lambda s: torch.softmax(s.float(), dim=0))
             predict_tiled(img, window_scores, grid, self.num_classes, labels, probs, to_probs=to_probs,
                           progress=progress)
             self._release_big_image_memory(h * w)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..errors import UserError
 
-__all__ = ["TTA", "parse_tta", "tta_probs", "at_input_scale"]
+__all__ = ["TTA", "parse_tta", "tta_probs", "tta_scores", "at_input_scale"]
 
 
 @dataclass(frozen=True)
@@ -147,22 +147,77 @@ def scale_fraction(scale: float) -> tuple[int, int]:
     return f.numerator, f.denominator
 
 
+_MAX_STRIDED_PHASES = 16
+"""Scales ``p / q`` with more output phases than this resize by gathering (one lerp per phase)."""
+
+
 def _resize_axis(t: Tensor, dim: int, n_out: int, scale: float) -> Tensor:
+    """Resize one axis. Output pixel ``i`` and ``i + p`` (scale ``p / q``) read inputs ``q`` apart
+    with the same weight, so the interior is ``p`` strided lerps over views of ``t`` (no gather:
+    ``index_select`` along the last axis was a fifth of a CPU prediction at input scale 1.5); the
+    few clamped pixels at either end, and scales of large ``p``, take the gather path. Both give
+    bit-identical values: the same weight, in ``t``'s dtype, in the same formula."""
     p, q = scale_fraction(scale)
     n_in = t.shape[dim]
-    num = ((2 * torch.arange(n_out, dtype=torch.int64) + 1) * q - p).clamp(min=0)  # source position x 2p
+    num = (2 * torch.arange(n_out, dtype=torch.int64) + 1) * q - p  # source position x 2p
+    clamped = num < 0
+    num = num.clamp(min=0)
     i0 = num // (2 * p)
     w1 = (num % (2 * p)).double() / (2 * p)
     past = i0 >= n_in - 1
     i0 = i0.clamp(max=n_in - 1)
     i1 = torch.where(past, i0, i0 + 1)
-    w1 = torch.where(past, torch.zeros_like(w1), w1)
-    shape = [1] * t.ndim
+    w1 = torch.where(past, torch.zeros_like(w1), w1).to(t.dtype)
+    dim = dim % t.ndim
+    lo = int(clamped.sum())  # clamped at the start: a prefix; past the end: a suffix
+    hi = n_out - int(past.sum())
+    if p > _MAX_STRIDED_PHASES or hi - lo < 4 * p:
+        return _lerp_gather(t, dim, i0, i1, w1)
+    shape = list(t.shape)
     shape[dim] = n_out
-    w1 = w1.to(t.dtype).to(t.device).view(shape)
+    out = t.new_empty(shape)
+
+    def at(index: slice) -> tuple[slice, ...]:
+        return (slice(None),) * dim + (index,)
+
+    for j in range(lo, lo + p):  # one phase: outputs j, j + p, ... < hi
+        count = len(range(j, hi, p))
+        start = int(i0[j])
+        a = t[at(slice(start, start + (count - 1) * q + 1, q))]
+        b = t[at(slice(start + 1, start + (count - 1) * q + 2, q))]
+        torch.add(a, (b - a).mul_(w1[j]), out=out[at(slice(j, hi, p))])
+    for edge in (slice(0, lo), slice(hi, n_out)):
+        if edge.stop > edge.start:
+            out[at(edge)] = _lerp_gather(t, dim, i0[edge], i1[edge], w1[edge])
+    return out
+
+
+def _lerp_gather(t: Tensor, dim: int, i0: Tensor, i1: Tensor, w1: Tensor) -> Tensor:
+    shape = [1] * t.ndim
+    shape[dim] = len(w1)
+    w1 = w1.to(t.device).view(shape)
     a = t.index_select(dim, i0.to(t.device))
     b = t.index_select(dim, i1.to(t.device))
     return a + (b - a) * w1
+
+
+def tta_scores(run: Callable[[Batch], Batch], x: Batch, tta: TTA) -> tuple[Batch, bool]:
+    """Scores of batch ``x`` under views ``tta``: ``(scores, is_probability)``.
+
+    Several views: their averaged probabilities (:func:`tta_probs`). One view (a net run at its
+    card's input scale, say): its logits mapped back to ``H x W``, without a softmax, which
+    labels do not need (the argmax is the same) and which cost a prediction at 1.5x 3 %.
+    """
+    if tta.num_views > 1:
+        return tta_probs(run, x, tta), True
+    s = tta.scales[0]
+    if s == 1.0:
+        return run(x), False
+    first = next(iter(x.values())) if isinstance(x, Mapping) else x
+    height, width = first.shape[-2:]
+    size = (max(1, round(height * s)), max(1, round(width * s)))
+    logits = run(_each(x, lambda t: resize_exact(t, size, s, antialias=True)))
+    return _each(logits, lambda v: resize_exact(v, (height, width), 1.0 / s)), False
 
 
 def tta_probs(run: Callable[[Batch], Batch], x: Batch, tta: TTA) -> Batch:
