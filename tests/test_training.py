@@ -440,7 +440,8 @@ def test_a_batch_that_cannot_fit_is_refused_before_the_first_step(data_root, tmp
     from fcnseg.models import get_model
     from fcnseg.runtime import memory
 
-    low, high = memory.training_bytes(get_model("fcn32s_lite0", 11), (2, 3, H, W))
+    net = get_model("fcn32s_lite0", 11)
+    low, high = (e - memory.state_bytes(net) for e in memory.training_bytes(net, (2, 3, H, W)))  # beyond the weights
     assert 0 < low < high
     monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": low - 1)
     run = tmp_path / "small"
@@ -460,10 +461,10 @@ def test_training_estimate_grows_with_the_batch():
     """The (low, high) estimate scales with the batch above a fixed weights part (3x the weights at the low end);
     scripts/train_memory.py compares it with measured peaks."""
     from fcnseg.models import get_model
-    from fcnseg.runtime.memory import param_bytes, training_bytes
+    from fcnseg.runtime.memory import state_bytes, training_bytes
 
     net = get_model("fcn8s_lite0", 11)
     one, four = training_bytes(net, (1, 3, 96, 128)), training_bytes(net, (4, 3, 96, 128))
-    weights = 3 * (param_bytes(net) + sum(b.numel() * b.element_size() for b in net.buffers()))
+    weights = 3 * state_bytes(net)
     assert one[0] > weights and abs((four[0] - weights) - 4 * (one[0] - weights)) <= 4
     assert four[1] > four[0]

@@ -71,7 +71,8 @@ def _leaf_outputs(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) 
     return sizes, sum(t.numel() * elem for t in outs)
 
 
-def _state_bytes(model: nn.Module) -> int:
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s parameters and buffers: what its weights hold in memory."""
     return param_bytes(model) + sum(t.numel() * t.element_size() for t in model.buffers())
 
 
@@ -85,7 +86,7 @@ def forward_bytes(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype =
         largest, output = [inputs, inputs], 0
     else:
         largest, output = sorted(leaves[0], reverse=True)[:2], leaves[1]
-    return _state_bytes(model) + inputs + sum(largest) + output
+    return state_bytes(model) + inputs + sum(largest) + output
 
 
 def training_bytes(model: nn.Module, shape: tuple[int, ...],
@@ -106,7 +107,7 @@ def training_bytes(model: nn.Module, shape: tuple[int, ...],
     leaves = _leaf_outputs(model, shape, dtype)
     if leaves is None:
         return None
-    activations, weights = sum(leaves[0]), _state_bytes(model)
+    activations, weights = sum(leaves[0]), state_bytes(model)
     return 3 * weights + int(1.2 * activations), 4 * weights + int(2.2 * activations)
 
 

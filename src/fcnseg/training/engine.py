@@ -572,7 +572,7 @@ class Trainer:
         (or the machine swaps for hours first), so the estimate (:func:`training_bytes`) speaks
         before that; processes of one CPU run share its RAM.
         """
-        from ..runtime.memory import GiB, available_bytes, training_bytes
+        from ..runtime.memory import GiB, available_bytes, state_bytes, training_bytes
 
         self._memory_checked = True
         if not torch.is_tensor(x):
@@ -584,12 +584,12 @@ class Trainer:
             return
         if self.device.type == "cpu":
             have //= self.world
-        low, high = estimate
+        low, high = (e - state_bytes(self.model) for e in estimate)  # the weights are allocated already
         if high <= have:
             return
         cfg = self.cfg
         what = (f"batch_size {cfg.batch_size} of {x.shape[-2]}x{x.shape[-1]} inputs: a training step needs about "
-                f"{low / GiB:.1f}-{high / GiB:.1f} GiB (estimate), and {have / GiB:.1f} GiB is "
+                f"{low / GiB:.1f}-{high / GiB:.1f} GiB more (estimate), and {have / GiB:.1f} GiB is "
                 f"{'free on the GPU' if self.device.type == 'cuda' else 'available RAM'}")
         fix = ("lower batch_size (raising grad_accum keeps the images per step) or crop_size"
                if cfg.batch_size > 1 else "lower crop_size")
