@@ -24,8 +24,8 @@ CAMVID_NAMES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymb
                 "Pedestrian", "Bicyclist"]
 
 
-def random_fcn(num_classes: int = 11, seed: int = 0) -> nn.Module:
-    """fcn8s_lite0 with random weights whose predictions vary over an image.
+def random_fcn(num_classes: int = 11, seed: int = 0, name: str = "fcn8s_lite0") -> nn.Module:
+    """``name`` (fcn8s_lite0) with random weights whose predictions vary over an image.
 
     A freshly initialised trunk's activations fade to ~1e-8 by stride 32 (BatchNorm
     has identity statistics), which would make every probability ~1/K and every
@@ -35,9 +35,10 @@ def random_fcn(num_classes: int = 11, seed: int = 0) -> nn.Module:
     from fcnseg.preprocess import normalize
 
     torch.manual_seed(seed)
-    net = get_model("fcn8s_lite0", num_classes)
-    for name in ("score_fr", "score_pool4", "score_pool3"):
-        nn.init.normal_(getattr(net, name).weight, std=0.05)
+    net = get_model(name, num_classes)
+    for layer in ("score_fr", "score_pool4", "score_pool3", "score_pool2"):
+        if hasattr(net, layer):
+            nn.init.normal_(getattr(net, layer).weight, std=0.05)
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.reset_running_stats()
@@ -316,9 +317,10 @@ def test_predict_batch_of_mixed_sizes_equals_one_by_one(model):
 
 
 # ----------------------------------------------------------------------------- tiling
-def test_dependency_radius_matches_the_measured_reach():
+@pytest.mark.parametrize("name, expected", [("fcn8s_lite0", 456), ("fcn4s_lite0", 456)])
+def test_dependency_radius_matches_the_measured_reach(name, expected):
     """A NaN input pixel poisons exactly the output pixels that depend on it: measure how far."""
-    net = random_fcn()
+    net = random_fcn(name=name)
     radius = dependency_radius(net)
     width, worst = 2048, 0
     with torch.inference_mode():
@@ -328,7 +330,7 @@ def test_dependency_radius_matches_the_measured_reach():
             x[0, :, 0, c] = float("nan")
             hit = torch.isnan(net(x)[0, 0, 0]).nonzero().flatten()
             worst = max(worst, c - int(hit.min()), int(hit.max()) - c)
-    assert worst == radius == 456
+    assert worst == radius == expected
 
 
 def test_tile_plan_rounds_to_the_stride(model):

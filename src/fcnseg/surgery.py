@@ -54,8 +54,8 @@ __all__ = [
 Arch = Literal["vgg16", "alexnet"]
 
 # The FCN layers whose shape depends on the number of classes (any head, any suffix).
-_SCORE_LAYERS = ("score_fr", "score_pool4", "score_pool3")
-_UPSAMPLERS = ("upscore", "upscore2", "upscore16", "upscore_pool4", "upscore8")
+_SCORE_LAYERS = ("score_fr", "score_pool4", "score_pool3", "score_pool2")
+_UPSAMPLERS = ("upscore", "upscore2", "upscore16", "upscore_pool4", "upscore8", "upscore_pool3", "upscore4")
 
 
 # --------------------------------------------------------------------------- convolutionalize

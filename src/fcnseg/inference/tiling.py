@@ -89,7 +89,8 @@ def _fcn_radius(net: nn.Module) -> int:
     reach = (net.receptive_field - 1) / 2
     stride = model_stride(net)
     names = {"32s": ["upscore"], "16s": ["upscore2", "upscore16"],
-             "8s": ["upscore2", "upscore_pool4", "upscore8"]}[net.variant]
+             "8s": ["upscore2", "upscore_pool4", "upscore8"],
+             "4s": ["upscore2", "upscore_pool4", "upscore_pool3", "upscore4"]}[net.variant]
     for name in names:
         up = getattr(net, name)
         stride //= up.stride[0]  # input pixels per sample of this layer's output

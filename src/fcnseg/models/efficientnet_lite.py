@@ -41,8 +41,9 @@ BASE_STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 8
 VARIANTS: dict[str, tuple[float, float]] = {"lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2)}
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
-#: the stages whose last block gives the stride-8 (pool3) and stride-16 (pool4) taps
-_TAP_STAGES = {"pool3": 2, "pool4": 4}
+#: the stages whose last block gives the stride-4 (pool2, FCN-4s only), stride-8 (pool3) and
+#: stride-16 (pool4) taps
+_TAP_STAGES = {"pool2": 1, "pool3": 2, "pool4": 4}
 _BN = dict(eps=1e-3, momentum=0.01)
 
 
@@ -93,7 +94,8 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLiteTrunk(nn.Module):
-    """EfficientNet-Lite ``variant`` with taps at strides 8 (``pool3``), 16 (``pool4``) and 32 (``out``)."""
+    """EfficientNet-Lite ``variant`` with taps at strides 4 (``pool2``), 8 (``pool3``), 16 (``pool4``) and
+    32 (``out``)."""
 
     normalization = "imagenet"
 

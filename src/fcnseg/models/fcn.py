@@ -1,14 +1,17 @@
-"""The generic FCN head: score, upsample, fuse skips, crop (FCN-32s / 16s / 8s).
+"""The generic FCN head: score, upsample, fuse skips, crop (FCN-32s / 16s / 8s, and 4s).
 
 One class serves every trunk. The trunk returns its stride-8, -16 and -32 taps
-(``pool3``, ``pool4``, ``out``); the head scores them with 1x1 convolutions,
+(``pool3``, ``pool4``, ``out``; ``pool2`` at stride 4 too for FCN-4s, which carries the
+paper's skip pattern one step further, for thin classes: section 4.2 stopped at 8s on
+PASCAL, where it saw diminishing returns); the head scores them with 1x1 convolutions,
 upsamples with bilinear-initialised transposed convolutions and sums. Every crop
 offset is derived from the layer geometry (:mod:`.geometry`), exactly as the
 reference ``coord_map`` does, so the output has the input's size for any size.
 
 Layer names are the reference Caffe names (``score_fr``, ``upscore2``,
 ``score_pool4``, ``upscore_pool4``, ``score_pool3``, ``upscore8``, ``upscore16``,
-``upscore``, ``scale_pool4``, ``scale_pool3``), so weights map one-to-one.
+``upscore``, ``scale_pool4``, ``scale_pool3``; FCN-4s adds ``upscore_pool3``, ``score_pool2``
+and ``upscore4`` by the same pattern), so weights map one-to-one.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from torch import Tensor, nn
 from .geometry import CoordMap, LayerSpec, crop_offset, layer_specs, receptive_field
 from .layers import Scale, Upscore, crop_like, zero_init_
 
-Variant = Literal["32s", "16s", "8s"]
+Variant = Literal["32s", "16s", "8s", "4s"]
+VARIANTS = ("32s", "16s", "8s", "4s")
 
 
 class FCN(nn.Module):
@@ -27,9 +31,9 @@ class FCN(nn.Module):
 
     Args:
         backbone: a trunk with ``forward(x) -> {"pool3", "pool4", "out"}``,
-            ``out_channels`` and ``tap_specs(tap)``.
+            ``out_channels`` and ``tap_specs(tap)`` (and ``pool2`` for ``"4s"``).
         num_classes: number of output score maps.
-        variant: ``"32s"``, ``"16s"`` or ``"8s"`` (how many skips are fused).
+        variant: ``"32s"``, ``"16s"``, ``"8s"`` or ``"4s"`` (how many skips are fused).
         atonce: scale pool4 by 0.01 and pool3 by 0.0001 before scoring (at-once FCN-8s).
         aligned_upsampling: use odd bilinear kernels with one replicated border
             sample (trunks whose samples sit at ``stride * j``, e.g. Lite0) instead
@@ -43,8 +47,10 @@ class FCN(nn.Module):
                  atonce: bool = False, aligned_upsampling: bool = False,
                  learnable_upsampling: bool = False, final_kernel: int | None = None) -> None:
         super().__init__()
-        if variant not in ("32s", "16s", "8s"):
-            raise ValueError(f"variant must be 32s, 16s or 8s, got {variant!r}")
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        if variant == "4s" and atonce:
+            raise ValueError("atonce scales the reference FCN-8s's skips; there is no at-once FCN-4s")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.backbone = backbone
@@ -75,7 +81,12 @@ class FCN(nn.Module):
                 if atonce:
                     self.scale_pool3 = Scale(ch["pool3"], 0.0001)
                 self.score_pool3 = zero_init_(nn.Conv2d(ch["pool3"], num_classes, 1))
-                self.upscore8 = up(8, final_kernel)
+                if variant == "8s":
+                    self.upscore8 = up(8, final_kernel)
+                else:
+                    self.upscore_pool3 = up(2)
+                    self.score_pool2 = zero_init_(nn.Conv2d(ch["pool2"], num_classes, 1))
+                    self.upscore4 = up(4, final_kernel)
         self.atonce = atonce
         self._derive_offsets()
 
@@ -104,7 +115,12 @@ class FCN(nn.Module):
             else:
                 score_map, off, crop_skip = fuse(score_map, self.upscore_pool4, "pool3")
                 self.skip_offsets["pool3"] = (off, crop_skip)
-                final = self.upscore8
+                if self.variant == "8s":
+                    final = self.upscore8
+                else:
+                    score_map, off, crop_skip = fuse(score_map, self.upscore_pool3, "pool2")
+                    self.skip_offsets["pool2"] = (off, crop_skip)
+                    final = self.upscore4
         out_map = score_map.then(CoordMap.compose(layer_specs(final)))
         self.final_offset = crop_offset(out_map, CoordMap())
 
@@ -130,7 +146,7 @@ class FCN(nn.Module):
         return crop_like(up, offset, skip.shape[2], skip.shape[3]) + skip
 
     def score_taps(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Score the trunk's taps (``out``, ``pool4``, ``pool3``) with the 1x1 score layers.
+        """Score the trunk's taps (``out``, ``pool4``, ``pool3``, ``pool2``) with the 1x1 score layers.
 
         Split from :meth:`upsample_scores` because the scores are linear in the layers
         that follow: late fusion averages several streams' tap scores and multi-task
@@ -140,9 +156,11 @@ class FCN(nn.Module):
         if self.variant != "32s":
             pool4 = self.scale_pool4(feats["pool4"]) if self.atonce else feats["pool4"]
             scores["pool4"] = self.score_pool4(pool4)
-            if self.variant == "8s":
+            if self.variant in ("8s", "4s"):
                 pool3 = self.scale_pool3(feats["pool3"]) if self.atonce else feats["pool3"]
                 scores["pool3"] = self.score_pool3(pool3)
+            if self.variant == "4s":
+                scores["pool2"] = self.score_pool2(feats["pool2"])
         return scores
 
     def upsample_scores(self, scores: dict[str, Tensor], height: int, width: int) -> Tensor:
@@ -158,7 +176,11 @@ class FCN(nn.Module):
             else:
                 off, crop_skip = self.skip_offsets["pool3"]
                 score = self._fuse(self.upscore_pool4(score), scores["pool3"], off, crop_skip)
-                up = self.upscore8(score)
+                if self.variant == "8s":
+                    up = self.upscore8(score)
+                else:
+                    off, crop_skip = self.skip_offsets["pool2"]
+                    up = self.upscore4(self._fuse(self.upscore_pool3(score), scores["pool2"], off, crop_skip))
         return crop_like(up, self.final_offset, height, width)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -168,7 +190,8 @@ class FCN(nn.Module):
         """Caffe layer name -> module path in this model, for weight conversion."""
         names = {k: f"backbone.{v}" for k, v in getattr(self.backbone, "caffe_names", {}).items()}
         for name in ("score_fr", "upscore", "upscore2", "score_pool4", "upscore16", "upscore_pool4",
-                     "score_pool3", "upscore8", "scale_pool4", "scale_pool3"):
+                     "score_pool3", "upscore8", "scale_pool4", "scale_pool3", "upscore_pool3", "score_pool2",
+                     "upscore4"):
             if hasattr(self, name):
                 names[name] = name
         return names

@@ -78,8 +78,8 @@ def _lite_builder(variant: str, trunk_variant: str) -> Callable[..., nn.Module]:
     return builder
 
 
-# fcn32s/16s/8s_lite0, _lite1, _lite2: one trunk definition, three compound-scaling points
+# fcn32s/16s/8s/4s_lite0, _lite1, _lite2: one trunk definition, three compound-scaling points
 for _trunk in ("lite0", "lite1", "lite2"):
-    for _variant in ("32s", "16s", "8s"):
+    for _variant in ("32s", "16s", "8s", "4s"):
         register_model(f"fcn{_variant}_{_trunk}", output_stride=int(_variant[:-1]), trunk=f"efficientnet-{_trunk}",
                        default_num_classes=21)(_lite_builder(_variant, _trunk))
