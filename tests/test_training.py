@@ -468,3 +468,16 @@ def test_training_estimate_grows_with_the_batch():
     weights = 3 * state_bytes(net)
     assert one[0] > weights and abs((four[0] - weights) - 4 * (one[0] - weights)) <= 4
     assert four[1] > four[0]
+
+
+def test_the_estimate_runs_a_meta_copy_unseen_by_hooks():
+    """training_bytes/forward_bytes run a shapes-only copy: a user's forward hook on the net does not
+    fire, and the net's weights stay where they were."""
+    from fcnseg.models import get_model
+    from fcnseg.runtime.memory import forward_bytes, training_bytes
+
+    net = get_model("fcn8s_lite0", 3)
+    calls = []
+    net.register_forward_pre_hook(lambda module, inputs: calls.append(module.training))
+    assert training_bytes(net, (2, 3, 64, 96)) is not None and forward_bytes(net, (1, 3, 64, 96)) > 0
+    assert calls == [] and all(p.device.type == "cpu" for p in net.parameters())

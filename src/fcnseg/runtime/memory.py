@@ -9,7 +9,7 @@ slack and workspace buffers come on top, so a run may still need somewhat more.
 """
 from __future__ import annotations
 
-import itertools
+import copy
 from typing import Any
 
 import torch
@@ -44,9 +44,25 @@ def param_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def meta_clone(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers live on the ``meta`` device (shapes only,
+    no memory), without the forward hooks anyone registered on ``model``: running it is invisible
+    to them (a training run's estimate must not look like a forward pass to a user's hook)."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    clone = copy.deepcopy(model, memo)
+    for m in clone.modules():
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    return clone
+
+
 def _leaf_outputs(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[list[int], int] | None:
     """Bytes of every leaf module's output (in-place ones skipped: they add no tensor) and of the
-    net's output, from a run on the ``meta`` device; None for a net the meta device cannot run."""
+    net's output, from a run of a :func:`meta_clone`; None for a net that cannot run there."""
     elem = torch.empty((), dtype=dtype).element_size()
     sizes: list[int] = []
 
@@ -56,17 +72,15 @@ def _leaf_outputs(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) 
         outs = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else [out]
         sizes.extend(t.numel() * elem for t in outs if torch.is_tensor(t))
 
-    meta = {k: torch.empty_like(v, device="meta")
-            for k, v in itertools.chain(model.named_parameters(), model.named_buffers())}
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     try:
+        clone = meta_clone(model)
+        for m in clone.modules():
+            if not list(m.children()):
+                m.register_forward_hook(hook)
         with torch.no_grad():
-            out = torch.func.functional_call(model, meta, (torch.empty(shape, dtype=dtype, device="meta"),))
+            out = clone(torch.empty(shape, dtype=dtype, device="meta"))
     except Exception:
         return None
-    finally:
-        for h in hooks:
-            h.remove()
     outs = out.values() if isinstance(out, dict) else [out] if torch.is_tensor(out) else []
     return sizes, sum(t.numel() * elem for t in outs)
 
