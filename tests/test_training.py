@@ -167,6 +167,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_root, tmp_path):
     stop = [r for r in rows if r["type"] == "interrupted"]
     assert stop and stop[-1]["signal"] == "SIGTERM"
     assert load_checkpoint(run / "last.pt")["position"]["step"] == stop[-1]["step"]
+    # an interrupted run is not a finished one: no final weights, no "end" row
+    assert not (run / "final.safetensors").exists() and not [r for r in rows if r["type"] == "end"]
 
 
 def test_damaged_checkpoints_are_refused(tmp_path, data_root, capsys):

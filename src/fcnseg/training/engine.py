@@ -530,15 +530,15 @@ class Trainer:
                 if self.val_set is not None and self.last_val_step != self.step:
                     self._validate_and_track(epoch)
                 self.save(epoch, micro)
-            if self.main:
-                # The finished run's weights in the served format: what a run without a held-out
-                # split (trainval) ships, and what a held-out fold is judged by (not best-of-fold).
-                from ..weights import save_weights
+                if self.main:
+                    # The finished run's weights in the served format: what a run without a held-out
+                    # split (trainval) ships, and what a held-out fold is judged by (not best-of-fold).
+                    from ..weights import save_weights
 
-                save_weights(self.served_model.state_dict(), self.run_dir / "final.safetensors",
-                             self.meta(recipe=self.cfg.to_dict(),
-                                       **({"val": self.last_val_scores} if self.last_val_scores else {})))
-            self.log({"type": "end", "step": self.step, "best_mean_iou": self.best_miou})
+                    save_weights(self.served_model.state_dict(), self.run_dir / "final.safetensors",
+                                 self.meta(recipe=self.cfg.to_dict(),
+                                           **({"val": self.last_val_scores} if self.last_val_scores else {})))
+                self.log({"type": "end", "step": self.step, "best_mean_iou": self.best_miou})
         if self.tb is not None:
             self.tb.close()
         summary = {"status": status, "step": self.step, "best_mean_iou": self.best_miou,
