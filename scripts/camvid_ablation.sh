@@ -21,6 +21,7 @@
 #            | lite2-photometric-up20 (up15 one step further: scales 1.5-3.0; evaluate with --tta scales=2.0,
 #              the net seeing 360x480 frames at CamVid's original 720x960)
 #            | lite2-photometric-4s (the shipped recipe on FCN-4s: one more skip, from the stride-4 stage)
+#            | lite2-photometric-4s-up15 (up15 on FCN-4s; evaluate with --tta scales=1.5)
 #            | lite2-photometric-up15-crop384 (up15 with 384x512 crops, 1.78x the pixels per step: at 1.5x
 #              a 288x384 crop sees 28 % of a frame's area, a 384x512 one 51 %, what 288x384 saw at the
 #              recipe's scale 1.125: the context up15 took away)
@@ -32,7 +33,7 @@
 #   fcnseg train --resume runs/ablate-VARIANT
 # and read the result with `fcnseg plot` or the last "val" line of its log.jsonl.
 set -euo pipefail
-variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric | lite1 | lite2 | scale-wide | full-res | ohem | lovasz | lite2-photometric | lite2-photometric-ohem | lite2-photometric-lovasz | lite2-photometric-up15 | lite2-photometric-wide | lite2-photometric-freeze-bn | lite2-photometric-ema | lite2-photometric-up15-ema | lite2-photometric-mfb | lite2-photometric-up20 | lite2-photometric-up15-crop384 | lite2-photometric-4s}
+variant=${1:?variant: ref | ref-seed1 | no-class-weights | no-scale-aug | bilinear-skip | no-skip | photometric | lite1 | lite2 | scale-wide | full-res | ohem | lovasz | lite2-photometric | lite2-photometric-ohem | lite2-photometric-lovasz | lite2-photometric-up15 | lite2-photometric-wide | lite2-photometric-freeze-bn | lite2-photometric-ema | lite2-photometric-up15-ema | lite2-photometric-mfb | lite2-photometric-up20 | lite2-photometric-up15-crop384 | lite2-photometric-4s | lite2-photometric-4s-up15}
 shift
 photometric='{brightness: 0.3, contrast: 0.3, saturation: 0.3, hue: 0.05, gamma: 0.3, blur_p: 0.2, blur_sigma: [0.5, 1.5]}'
 case "$variant" in
@@ -59,6 +60,7 @@ case "$variant" in
   lite2-photometric-up15-ema) change=(--model fcn8s_lite2 --photometric "$photometric" --scale-range '[1.125, 2.25]' --ema-decay 0.99) ;;
   lite2-photometric-mfb)    change=(--model fcn8s_lite2 --photometric "$photometric" --class-weights median_freq) ;;
   lite2-photometric-4s)     change=(--model fcn4s_lite2 --photometric "$photometric") ;;
+  lite2-photometric-4s-up15) change=(--model fcn4s_lite2 --photometric "$photometric" --scale-range '[1.125, 2.25]') ;;
   lite2-photometric-up20)   change=(--model fcn8s_lite2 --photometric "$photometric" --scale-range '[1.5, 3.0]') ;;
   lite2-photometric-up15-crop384) change=(--model fcn8s_lite2 --photometric "$photometric" --scale-range '[1.125, 2.25]' --crop-size '[384, 512]') ;;
   *) echo "unknown variant: $variant" >&2; exit 2 ;;
