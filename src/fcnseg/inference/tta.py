@@ -201,6 +201,25 @@ def _lerp_gather(t: Tensor, dim: int, i0: Tensor, i1: Tensor, w1: Tensor) -> Ten
     return a + (b - a) * w1
 
 
+def _frame(x: Batch) -> tuple[int, int, int]:
+    """``(N, H, W)`` of a batch (of its first input, for a multi-input net)."""
+    first = next(iter(x.values())) if isinstance(x, Mapping) else x
+    return first.shape[0], first.shape[-2], first.shape[-1]
+
+
+def _view_input(x: Batch, s: float, height: int, width: int) -> Batch:
+    """The batch as the net sees it at scale ``s`` (shrunk with antialiasing)."""
+    if s == 1.0:
+        return x
+    size = (max(1, round(height * s)), max(1, round(width * s)))
+    return _each(x, lambda t: resize_exact(t, size, s, antialias=True))
+
+
+def _to_frame(v: Tensor, s: float, height: int, width: int) -> Tensor:
+    """A view's scores mapped back to the input's ``H x W``."""
+    return v if v.shape[-2:] == (height, width) else resize_exact(v, (height, width), 1.0 / s)
+
+
 def tta_scores(run: Callable[[Batch], Batch], x: Batch, tta: TTA) -> tuple[Batch, bool]:
     """Scores of batch ``x`` under views ``tta``: ``(scores, is_probability)``.
 
@@ -211,13 +230,8 @@ def tta_scores(run: Callable[[Batch], Batch], x: Batch, tta: TTA) -> tuple[Batch
     if tta.num_views > 1:
         return tta_probs(run, x, tta), True
     s = tta.scales[0]
-    if s == 1.0:
-        return run(x), False
-    first = next(iter(x.values())) if isinstance(x, Mapping) else x
-    height, width = first.shape[-2:]
-    size = (max(1, round(height * s)), max(1, round(width * s)))
-    logits = run(_each(x, lambda t: resize_exact(t, size, s, antialias=True)))
-    return _each(logits, lambda v: resize_exact(v, (height, width), 1.0 / s)), False
+    _, height, width = _frame(x)
+    return _each(run(_view_input(x, s, height, width)), lambda v: _to_frame(v, s, height, width)), False
 
 
 def tta_probs(run: Callable[[Batch], Batch], x: Batch, tta: TTA) -> Batch:
@@ -227,21 +241,14 @@ def tta_probs(run: Callable[[Batch], Batch], x: Batch, tta: TTA) -> Batch:
     net's dict of inputs is resized and mirrored input by input, and a multi-head net's
     dict of logits gives a dict of averaged probabilities, head by head.
     """
-    first = next(iter(x.values())) if isinstance(x, Mapping) else x
-    n, (height, width) = first.shape[0], first.shape[-2:]
+    n, height, width = _frame(x)
 
     total: Batch | None = None
     for s in tta.scales:
         def to_probs(v: Tensor, s: float = s) -> Tensor:
-            if v.shape[-2:] != (height, width):
-                v = resize_exact(v, (height, width), 1.0 / s)
-            return torch.softmax(v.float(), dim=1)
+            return torch.softmax(_to_frame(v, s, height, width).float(), dim=1)
 
-        if s == 1.0:
-            xs = x
-        else:
-            size = (max(1, round(height * s)), max(1, round(width * s)))
-            xs = _each(x, lambda t: resize_exact(t, size, s, antialias=True))
+        xs = _view_input(x, s, height, width)
         if tta.flip:
             logits = run(_each(xs, lambda t: torch.cat([t, t.flip(-1)])))
             views = [_each(logits, lambda t: t[:n]), _each(logits, lambda t: t[n:].flip(-1))]
