@@ -411,6 +411,13 @@ def test_resume_with_the_same_step_in_smaller_passes(data_root, tmp_path, capsys
     assert "must stay 2" in err and "Traceback" not in err
 
 
+def test_smaller_passes_keep_the_images_per_step():
+    from fcnseg.training.engine import smaller_passes
+
+    assert smaller_passes(8, 1) == (4, 2) and smaller_passes(2, 1) == (1, 2) and smaller_passes(4, 2) == (2, 4)
+    assert smaller_passes(5, 1) == (1, 5) and smaller_passes(5, 2) == (2, 5)  # odd batches: a divisor, not b // 2
+
+
 def test_out_of_memory_is_one_line_with_the_way_on(data_root, tmp_path, capsys, monkeypatch):
     """An allocation failure mid-run names the device, the batch and the resume command that
     takes the same step in smaller passes, and the last checkpoint; the command then works."""

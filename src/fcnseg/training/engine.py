@@ -608,13 +608,9 @@ class Trainer:
         if self._in_validation:
             msg += "Validation runs whole images one at a time; use a smaller val split or a larger device. "
         elif cfg.batch_size > 1:
-            smaller = cfg.batch_size // 2
-            accum = cfg.batch_size * cfg.grad_accum // smaller if cfg.batch_size % smaller == 0 else None
-            if accum and smaller * accum == cfg.batch_size * cfg.grad_accum:
-                msg += (f"Same step in smaller passes: `fcnseg train --resume {self.run_dir} --batch-size "
-                        f"{smaller} --grad-accum {accum}`. ")
-            else:
-                msg += "Lower batch_size (raising grad_accum keeps the images per step). "
+            smaller, accum = smaller_passes(cfg.batch_size, cfg.grad_accum)
+            msg += (f"Same step in smaller passes: `fcnseg train --resume {self.run_dir} --batch-size "
+                    f"{smaller} --grad-accum {accum}`. ")
         else:
             msg += "Lower crop_size" + (", or train with amp: bf16. " if cfg.amp == "none" else ". ")
         return msg + self._last_good()
@@ -857,6 +853,14 @@ def resume(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> dict
     return Trainer(cfg, resume_state=state).fit()
 
 
+def smaller_passes(batch_size: int, grad_accum: int) -> tuple[int, int]:
+    """The same images per step (``batch_size x grad_accum``) in the largest smaller passes: the
+    largest divisor of the product below ``batch_size`` (half an even batch), and the passes."""
+    total = batch_size * grad_accum
+    smaller = next(b for b in range(batch_size - 1, 0, -1) if total % b == 0)
+    return smaller, total // smaller
+
+
 def _resplit_position(state: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> None:
     """Convert the checkpoint's position when ``batch_size`` / ``grad_accum`` change on resume.
 
@@ -870,10 +874,10 @@ def _resplit_position(state: dict[str, Any], before: dict[str, Any], after: dict
     if (old_b, old_a) == (new_b, new_a):
         return
     if old_b * old_a != new_b * new_a:
+        example = "" if old_b == 1 else " (e.g. --batch-size {} --grad-accum {})".format(*smaller_passes(old_b, old_a))
         raise UserError(f"--batch-size {new_b} --grad-accum {new_a} on --resume: the run takes "
                         f"{old_b} x {old_a} = {old_b * old_a} images per step, and batch_size x grad_accum "
-                        f"must stay {old_b * old_a} (e.g. --batch-size {max(old_b // 2, 1)} "
-                        f"--grad-accum {old_b * old_a // max(old_b // 2, 1)})")
+                        f"must stay {old_b * old_a}{example}")
     pos = dict(state["position"])
     images = pos["micro_in_epoch"] * old_b
     if images % new_b:
