@@ -17,13 +17,8 @@ import torch.nn.functional as F
 
 import fcnseg  # noqa: F401  (allocator environment before torch allocates)
 from fcnseg.models import get_model
-from fcnseg.runtime.allocator import keep_freed_memory
-from fcnseg.runtime.memory import GiB, training_bytes
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS"))
+from fcnseg.runtime.allocator import keep_freed_memory, proc_kb
+from fcnseg.runtime.memory import GiB, state_bytes, training_bytes
 
 
 def main() -> None:
@@ -41,15 +36,14 @@ def main() -> None:
     opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
     x = torch.randn(shape)
     y = torch.randint(0, args.classes, (args.batch, args.height, args.width))
-    base = rss_bytes()
+    base = proc_kb("/proc/self/status", "VmRSS") * 1024
     for _ in range(3):
         out = net(x)
         out = out["out"] if isinstance(out, dict) else out
         F.cross_entropy(out, y).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    weights = sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base + weights
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base + state_bytes(net)
     print(f"{args.model} batch {args.batch} {args.height}x{args.width}: measured {peak / GiB:.2f} GiB, "
           f"estimate {low / GiB:.2f}-{high / GiB:.2f} GiB ({'inside' if low <= peak <= high else 'OUTSIDE'})")
 
