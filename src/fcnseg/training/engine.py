@@ -584,7 +584,8 @@ class Trainer:
             return
         if self.device.type == "cpu":
             have //= self.world
-        low, high = (e - state_bytes(self.model) for e in estimate)  # the weights are allocated already
+        resident = state_bytes(self.model)  # the weights are allocated already
+        low, high = (e - resident for e in estimate)
         if high <= have:
             return
         cfg = self.cfg
